@@ -1,0 +1,3 @@
+"""schemad: a PostgreSQL schema daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from schemad.cli import main
+
+main()

@@ -1,0 +1,213 @@
+"""The command line: argparse subcommands → Settings → one function per command; exit codes.
+
+Heavy modules (asyncpg, anyio, the daemon) are imported inside the commands that need
+them, so `schemad check` stays fast and works with no database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemad import __version__, config, errors, logs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_VALIDATION = 3
+EXIT_LOCK = 4
+EXIT_CONFIG = 78
+
+log = logging.getLogger("schemad.cli")
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import validation
+
+    result = validation.validate(settings.migrations_dir, settings.indexes_dir, strict=settings.strict)
+    if args.format == "json":
+        _out(json.dumps([f.as_dict() for f in result.findings], indent=2))
+    else:
+        for f in result.findings:
+            _out(f.format())
+        n_err = len(result.errors)
+        n_warn = len(result.findings) - n_err
+        _err(
+            f"{len(result.migrations)} migration(s), {len(result.indexes)} index(es): "
+            f"{n_err} error(s), {n_warn} warning(s)"
+        )
+    return EXIT_OK if result.ok else EXIT_VALIDATION
+
+
+def cmd_new(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import migrations
+
+    folder = settings.migrations_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    versions = [
+        int(m.group("version"))
+        for p in folder.iterdir()
+        if (m := migrations.FILE_NAME.match(p.name)) is not None
+    ]
+    try:
+        name = migrations.next_file_name(versions, args.slug)
+    except ValueError as exc:
+        _err(f"schemad new: {exc}")
+        return EXIT_USAGE
+    path = folder / name
+    path.write_text(f"-- {args.slug.replace('_', ' ')}\n\n", encoding="utf-8")
+    _out(str(path))
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import commands
+
+    return commands.migrate(settings, dry_run=args.dry_run)
+
+
+def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import commands
+
+    return commands.status(settings, as_json=args.json)
+
+
+def cmd_demo(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import demo
+
+    return demo.main(settings, keep_running=not args.once)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML config file (env SCHEMAD_CONFIG)")
+    p.add_argument("--dsn", help="PostgreSQL DSN (env SCHEMAD_DSN, or the PG* variables)")
+    p.add_argument("--migrations-dir", type=Path, help="default ./migrations (env SCHEMAD_MIGRATIONS_DIR)")
+    p.add_argument("--indexes-dir", type=Path, help="default ./indexes (env SCHEMAD_INDEXES_DIR)")
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("-v", "--verbose", action="store_true", help="print tracebacks")
+
+
+def _db_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock-wait", dest="lock_wait_s", type=float, metavar="SECONDS",
+                   help="give up (exit 4) if the lock is not free within this time")
+    p.add_argument("--strict", action="store_true", default=None, help="warnings are errors; no tolerated errors")
+    p.add_argument("--allow-proxy", action="store_true", default=None,
+                   help="run even through a connection pooler (unsafe: session locks are shared)")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
+    "check": cmd_check,
+    "new": cmd_new,
+    "migrate": cmd_migrate,
+    "status": cmd_status,
+    "demo": cmd_demo,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="schemad", description="PostgreSQL schema daemon")
+    parser.add_argument("--version", action="version", version=f"schemad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate migrations/ and indexes/ (no database needed)")
+    _common(p)
+    p.add_argument("--strict", action="store_true", default=None, help="warnings are errors")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+
+    p = sub.add_parser("new", help="write the next-numbered migration file")
+    _common(p)
+    p.add_argument("slug", help="[a-z0-9_]+")
+
+    p = sub.add_parser("migrate", help="apply pending migrations under the advisory lock")
+    _common(p)
+    _db_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print the plan, execute nothing")
+
+    p = sub.add_parser("status", help="applied, pending, problems, lock holder, last failure")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("demo", help="throwaway local PostgreSQL + the example schema")
+    _common(p)
+    p.add_argument("--once", action="store_true", help="apply, print the status and exit")
+    return parser
+
+
+_FLAG_KEYS = (
+    "dsn", "migrations_dir", "indexes_dir", "log_format", "log_level", "lock_wait_s", "strict", "allow_proxy",
+    "metrics_addr", "watch",
+)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    try:
+        settings = config.load(config_file=args.config, flags=_flags(args))
+    except errors.ConfigError as exc:
+        _err(f"schemad: configuration error: {exc.message}")
+        return EXIT_CONFIG
+    logs.setup(fmt=settings.log_format, level=settings.log_level)
+    try:
+        return COMMANDS[args.command](args, settings)
+    except errors.ConfigError as exc:
+        _err(f"schemad: configuration error: {exc.message}")
+        return EXIT_CONFIG
+    except errors.ValidationFailed as exc:
+        for f in exc.findings:
+            _out(f.format())
+        _err(f"schemad: {exc.message}; nothing was executed")
+        return EXIT_VALIDATION
+    except errors.LockBusy as exc:
+        _err(f"schemad: {exc.message}")
+        return EXIT_LOCK
+    except errors.SchemadError as exc:
+        _err(f"schemad: {_chain(exc)}")
+        if args.verbose:
+            log.exception("failed", extra={"event": "command_failed"})
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _err("schemad: interrupted")
+        return 130
+
+
+def _chain(exc: BaseException) -> str:
+    parts = [str(exc)]
+    cause = exc.__cause__
+    while cause is not None:
+        parts.append(str(cause))
+        cause = cause.__cause__
+    return ": caused by ".join(parts)
