@@ -47,6 +47,7 @@ class DatabaseError(SchemadError):
         super().__init__(message)
         self.sqlstate = sqlstate
         self.detail = detail
+        self.position: int | None = None  # 1-based character position in the query, if the server gave one
 
 
 class ConnectionLost(DatabaseError):

@@ -17,8 +17,16 @@ if TYPE_CHECKING:
     from schemad.sqlparser import AlterCmd
 
 
-def _bare(relation: str | None) -> str:
-    return (relation or "").rsplit(".", 1)[-1].strip('"').lower()
+def _table(relation: str | None) -> tuple[str | None, str]:
+    """(schema, name) as the parser normalised them: quoting and case are already resolved."""
+    schema, _, name = (relation or "").rpartition(".")
+    return (schema or None, name)
+
+
+def _is_fresh(relation: str | None, created: set[tuple[str | None, str]]) -> bool:
+    schema, name = _table(relation)
+    # An unqualified name may resolve to any schema on the search_path: then the name decides.
+    return any(n == name and (schema is None or s is None or s == schema) for s, n in created)
 
 
 def _index_ddl(s: MigrationStatement) -> Iterator[tuple[str, str]]:
@@ -70,10 +78,10 @@ _ALTER_RULES: dict[str, Callable[[AlterCmd], tuple[str, str] | None]] = {
 }
 
 
-def _alter_table(s: MigrationStatement, created: set[str]) -> Iterator[tuple[str, str]]:
+def _alter_table(s: MigrationStatement, created: set[tuple[str | None, str]]) -> Iterator[tuple[str, str]]:
     if not s.stmt.alter_cmds:
         return
-    fresh = _bare(s.stmt.relation) in created
+    fresh = _is_fresh(s.stmt.relation, created)
     for cmd in s.stmt.alter_cmds:
         rule = _ALTER_RULES.get(cmd.subtype)
         hit = rule(cmd) if rule else None
@@ -86,7 +94,7 @@ def _alter_table(s: MigrationStatement, created: set[str]) -> Iterator[tuple[str
 def check_migration(m: Migration) -> list[Finding]:
     """Every statement-level finding for one migration, waivers applied."""
     out: list[Finding] = []
-    created: set[str] = set()
+    created: set[tuple[str | None, str]] = set()
     for s in m.statements:
         hits: list[tuple[str, str]] = [
             *_index_ddl(s),
@@ -99,7 +107,7 @@ def check_migration(m: Migration) -> list[Finding]:
         if reason and m.transactional and statements.kind(s.stmt) is not Kind.INDEX_DDL:
             hits.append(("E106", f"{reason}: put it in its own file with -- schemad:no-transaction"))
         if s.stmt.node == "create_stmt":
-            created.add(_bare(s.stmt.relation))
+            created.add(_table(s.stmt.relation))
         out.extend(
             rules.finding(code, m.path, s.line, s.col, msg)
             for code, msg in hits

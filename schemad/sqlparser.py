@@ -2,7 +2,8 @@
 
 It turns SQL text into neutral value objects (`Statement`, `IndexDef`) so that the rest of
 the pure core never sees the binding's parse tree. To swap the binding, rewrite this file.
-Offsets from libpg_query are UTF-8 byte offsets; everything leaving this module is in
+Statement locations from libpg_query are UTF-8 byte offsets, but a syntax error's cursor
+position is already a 1-based character count; everything leaving this module is in
 characters (`str` indices).
 """
 
@@ -111,8 +112,9 @@ def parse(text: str) -> list[Statement]:
     try:
         tree = postgast.parse(text)
     except postgast.PgQueryError as exc:
-        pos = exc.cursorpos - 1 if exc.cursorpos > 0 else len(offsets.data)
-        raise SqlSyntaxError(exc.message, offsets.char(pos)) from None
+        # cursorpos counts characters (PostgreSQL's scanner_errposition), not bytes.
+        pos = min(exc.cursorpos - 1, len(text)) if exc.cursorpos > 0 else len(text)
+        raise SqlSyntaxError(_one_line(exc.message), pos) from None
     scanned = _scan_tokens(text, offsets)
     out: list[Statement] = []
     for raw in tree.stmts:
@@ -123,6 +125,14 @@ def parse(text: str) -> list[Statement]:
         digest = _digest(tok for s, tok in scanned if start <= s < end)
         out.append(_describe(raw.stmt, start=start, end=end, text=stmt_text, digest=digest))
     return out
+
+
+def _one_line(message: str) -> str:
+    """After an unterminated literal or comment libpg_query quotes the rest of the input: keep one line."""
+    head, newline, _rest = message.partition("\n")
+    if not newline:
+        return message
+    return head + ('..."' if 'near "' in head else "...")
 
 
 def _scan_tokens(text: str, offsets: _Offsets) -> list[tuple[int, str]]:

@@ -1,0 +1,137 @@
+"""One migration run: plan against the ledger, take the lock only if something is pending,
+apply, release, notify. Shared by `schemad migrate` and the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from schemad import db, errors, lock, plan, queries, rules
+from schemad.executor import ApplyResult, Executor, ExecutorSettings, Hooks
+from schemad.ledger import Ledger
+
+if TYPE_CHECKING:
+    from schemad.config import Settings
+    from schemad.findings import Finding
+    from schemad.validation import Validation
+
+log = logging.getLogger("schemad.engine")
+
+
+@dataclass(slots=True, kw_only=True)
+class RunReport:
+    plan: plan.Plan
+    applied: list[ApplyResult] = field(default_factory=list)
+    lock_waited_s: float = 0.0
+
+
+def executor_settings(settings: Settings) -> ExecutorSettings:
+    return ExecutorSettings(
+        lock_timeout_s=settings.lock_timeout_s,
+        statement_timeout_s=settings.statement_timeout_s,
+        retry_max_attempts=settings.retry_max_attempts,
+        retry_budget_s=settings.retry_budget_s,
+        retry_backoff_s=settings.retry_backoff_s,
+        strict=settings.strict,
+    )
+
+
+def mismatch_findings(p: plan.Plan) -> list[Finding]:
+    return [
+        rules.finding(
+            "E130", mm.path, 1, 1,
+            f"migration {mm.name} was changed after it was applied "
+            f"(recorded checksum {mm.recorded[:12]}, file now {mm.current[:12]}): "
+            "restore the file and put the change in a new migration",
+        )
+        for mm in p.mismatches
+    ]
+
+
+async def namespace(settings: Settings, s: db.Session) -> str:
+    return settings.lock_namespace or str(await s.fetchval(queries.CURRENT_DATABASE))
+
+
+async def read_plan(settings: Settings, s: db.Session, validation: Validation) -> plan.Plan:
+    p = plan.make(validation.migrations, await Ledger(settings.ledger_schema).applied(s))
+    if p.blocked:
+        raise errors.ValidationFailed(mismatch_findings(p))
+    return p
+
+
+async def migrate(
+    settings: Settings,
+    validation: Validation,
+    *,
+    dry_run: bool = False,
+    hooks: Hooks | None = None,
+    on_lock: Any = None,
+) -> RunReport:
+    """Apply every pending migration under the migration lock; raises on the first failure."""
+    if not validation.ok:
+        raise errors.ValidationFailed(validation.findings)
+    work = await db.connect(settings, "migrate")
+    try:
+        await lock.refuse_proxy(work, allow=settings.allow_proxy)
+        p = await read_plan(settings, work, validation)
+        if dry_run or not p.pending:
+            return RunReport(plan=p)
+        ns = await namespace(settings, work)
+        lock_conn = await db.connect(settings, "lock")
+        try:
+            await lock.refuse_proxy(lock_conn, allow=settings.allow_proxy)
+            lk = lock.AdvisoryLock(lock_conn, lock.lock_key(ns, "migrations"), name="migration")
+            waited = await lk.acquire(wait_s=settings.lock_wait_s, poll_s=settings.lock_poll_s)
+            if on_lock is not None:
+                on_lock(True)
+            try:
+                report = await _apply_locked(settings, validation, work, lk, hooks)
+                report.lock_waited_s = waited
+                return report
+            finally:
+                await lk.release()
+                if on_lock is not None:
+                    on_lock(False)
+        finally:
+            await lock_conn.close()
+    finally:
+        await work.close()
+
+
+async def _apply_locked(
+    settings: Settings, validation: Validation, work: db.Session, lk: lock.AdvisoryLock, hooks: Hooks | None
+) -> RunReport:
+    ledger = Ledger(settings.ledger_schema)
+    await ledger.ensure(work)
+    # Re-plan under the lock: another replica may have applied while we waited.
+    p = await read_plan(settings, work, validation)
+    report = RunReport(plan=p)
+
+    async def reconnect() -> db.Session:
+        return await db.connect(settings, "migrate")
+
+    ex = Executor(work, ledger, lk, executor_settings(settings), reconnect=reconnect, hooks=hooks)
+    try:
+        for m in p.pending:
+            await lk.fence(ex.work)
+            result = await ex.apply(m)
+            report.applied.append(result)
+            log.info(
+                "applied %s", m.name,
+                extra={"event": "migration_applied", "version": m.version, "migration": m.name,
+                       "duration_s": round(result.duration_s, 4), "statements": result.statements_run,
+                       "tolerated": len(result.tolerated), "attempts": result.attempts},
+            )
+    finally:
+        if report.applied and not ex.work.is_closed():
+            # Waiting replicas LISTEN on this channel and re-check at once.
+            last = report.applied[-1].version
+            try:
+                await ex.work.execute(f"NOTIFY {settings.notify_channel}, 'applied:{last}'")
+            except errors.SchemadError:
+                pass
+        if ex.work is not work:
+            await ex.work.close()
+    return report

@@ -1,0 +1,388 @@
+"""The DDL executor: one transaction per migration, its ledger row inside it, a savepoint per
+statement, the SQLSTATE table deciding what a failure means, lock-safe timeouts and retries.
+
+Fast path: a transactional migration first travels as one round trip (BEGIN, timeouts,
+fence, statements, ledger row, COMMIT). Any error rolls all of it back; the migration is
+then run statement by statement under savepoints, which classifies the error exactly
+(tolerated "already exists", retry, or fatal) with the statement's position. Either way,
+commit or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from schemad import classify, db, errors, queries
+from schemad.classify import Outcome
+
+if TYPE_CHECKING:
+    from schemad.db import Session
+    from schemad.ledger import Ledger
+    from schemad.lock import AdvisoryLock
+    from schemad.migrations import Migration, MigrationStatement
+
+log = logging.getLogger("schemad.executor")
+
+FENCE_SQLSTATE = "SD001"
+_SAVEPOINT = "schemad_stmt"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecutorSettings:
+    lock_timeout_s: float
+    statement_timeout_s: float
+    retry_max_attempts: int
+    retry_budget_s: float
+    retry_backoff_s: float
+    strict: bool = False
+    fast_path: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerated:
+    sqlstate: str
+    line: int
+    col: int
+    message: str
+
+
+@dataclass(slots=True, kw_only=True)
+class ApplyResult:
+    version: int
+    name: str
+    duration_s: float
+    statements_run: int
+    attempts: int
+    tolerated: list[Tolerated] = field(default_factory=list)
+    fast_path: bool = False
+    applied_by_other: bool = False
+
+
+class Hooks(Protocol):
+    """What the executor reports as it goes (metrics, status); all no-ops by default."""
+
+    def tolerated(self, sqlstate: str) -> None: ...
+    def lock_timeout_retry(self) -> None: ...
+
+
+class NoHooks:
+    def tolerated(self, sqlstate: str) -> None:
+        return None
+
+    def lock_timeout_retry(self) -> None:
+        return None
+
+
+class _Retryable(Exception):
+    def __init__(self, outcome: Outcome, err: errors.DatabaseError, stmt: MigrationStatement | None) -> None:
+        super().__init__(err.message)
+        self.outcome = outcome
+        self.err = err
+        self.stmt = stmt
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class Executor:
+    def __init__(
+        self,
+        work: Session,
+        ledger: Ledger,
+        lock: AdvisoryLock,
+        settings: ExecutorSettings,
+        *,
+        reconnect: Any = None,
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.work = work
+        self.ledger = ledger
+        self.lock = lock
+        self.settings = settings
+        self._reconnect = reconnect
+        self.hooks: Hooks = hooks or NoHooks()
+
+    # ------------------------------------------------------------------ public
+
+    async def apply(self, m: Migration) -> ApplyResult:
+        """Apply one migration exactly once, or raise `errors.MigrationFailed` with nothing recorded."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            lock_timeout_s = classify.raised_lock_timeout_s(self.settings.lock_timeout_s, attempt)
+            try:
+                # The fast path only on the first attempt: after any failure, savepoints
+                # name the exact statement (and its table's blockers) on every retry.
+                result = await self._attempt(m, lock_timeout_s=lock_timeout_s, fast=attempt == 1)
+                result.attempts = attempt
+                await self.ledger.event_quietly(
+                    self.work, kind="migration", subject=m.name, version=m.version, outcome="applied",
+                    duration_s=result.duration_s, attempt=attempt,
+                    detail={"tolerated": [t.sqlstate for t in result.tolerated], "fast_path": result.fast_path},
+                )
+                return result
+            except _Retryable as r:
+                elapsed = time.monotonic() - started
+                delay = classify.backoff_s(attempt, base_s=self.settings.retry_backoff_s, jitter=random.random())
+                exhausted = attempt >= self.settings.retry_max_attempts or elapsed + delay > self.settings.retry_budget_s
+                blockers = await self._blockers(r.stmt, lock_timeout_s) if r.outcome is Outcome.LOCK_TIMEOUT else []
+                if r.outcome is Outcome.LOCK_TIMEOUT:
+                    self.hooks.lock_timeout_retry()
+                line, col = (r.stmt.line, r.stmt.col) if r.stmt else (1, 1)
+                log.warning(
+                    "migration attempt failed, %s",
+                    "giving up" if exhausted else f"retrying in {delay:.2f}s",
+                    extra={
+                        "event": "migration_retry" if not exhausted else "migration_retry_exhausted",
+                        "version": m.version, "migration": m.name, "sqlstate": r.err.sqlstate,
+                        "attempt": attempt, "lock_timeout_s": round(lock_timeout_s, 3),
+                        "blockers": _describe_blockers(blockers), "position": f"{m.path}:{line}:{col}",
+                    },
+                )
+                await self.ledger.event_quietly(
+                    self.work, kind="migration", subject=m.name, version=m.version,
+                    outcome="failed" if exhausted else "retry", sqlstate=r.err.sqlstate, message=r.err.message,
+                    attempt=attempt, detail={"blockers": blockers, "path": m.path, "line": line, "col": col},
+                )
+                if exhausted:
+                    reason = classify.FAILURE_REASONS[r.outcome]
+                    raise errors.MigrationFailed(
+                        f"migration {m.name} failed after {attempt} attempt(s) in {elapsed:.1f}s at "
+                        f"{m.path}:{line}:{col}: SQLSTATE {r.err.sqlstate}: {r.err.message}"
+                        f"{'; blocked by ' + _describe_blockers(blockers) if blockers else ''}; "
+                        f"{_nothing_recorded(m)}",
+                        version=m.version, name=m.name, path=m.path, line=line, col=col,
+                        sqlstate=r.err.sqlstate, reason=reason,
+                    ) from None
+                await anyio.sleep(delay)
+
+    # ------------------------------------------------------------------ attempts
+
+    async def _attempt(self, m: Migration, *, lock_timeout_s: float, fast: bool) -> ApplyResult:
+        try:
+            if not m.transactional:
+                return await self._run_autocommit(m, lock_timeout_s)
+            if self.settings.fast_path and fast:
+                fast = await self._run_fast(m, lock_timeout_s)
+                if fast is not None:
+                    return fast
+            return await self._run_savepoints(m, lock_timeout_s)
+        except errors.ConnectionLost as exc:
+            return await self._after_connection_loss(m, exc)
+
+    async def _after_connection_loss(self, m: Migration, exc: errors.ConnectionLost) -> ApplyResult:
+        """The work connection died: the lock decides whether we may go on at all."""
+        if self._reconnect is None:
+            raise
+        self.work = await self._reconnect()
+        await self.lock.fence(self.work)  # raises LockLost if the lock went with it
+        # A COMMIT may have reached the server before the connection died.
+        if any(a.version == m.version for a in await self.ledger.applied(self.work)):
+            return ApplyResult(
+                version=m.version, name=m.name, duration_s=0.0, statements_run=0, attempts=1, applied_by_other=True
+            )
+        raise _Retryable(Outcome.CONNECTION, exc, None) from None
+
+    async def _run_fast(self, m: Migration, lock_timeout_s: float) -> ApplyResult | None:
+        """One round trip; None when it failed in a way the savepoint path must classify."""
+        s = self.settings
+        parts = [
+            "BEGIN",
+            f"SET LOCAL lock_timeout = '{_ms(lock_timeout_s)}ms'",
+            f"SET LOCAL statement_timeout = '{_ms(m.directives.statement_timeout_s or s.statement_timeout_s)}ms'",
+            self.lock.fence_sql(),
+            *(st.text for st in m.statements),
+            self._ledger_insert_sql(m, tolerated=0),
+            "COMMIT",
+        ]
+        if m.directives.lock_timeout_s is not None:
+            parts[1] = f"SET LOCAL lock_timeout = '{_ms(max(lock_timeout_s, m.directives.lock_timeout_s))}ms'"
+        started = time.monotonic()
+        try:
+            # Newlines around each statement: a trailing "-- comment" must not swallow the next one.
+            await self.work.execute("\n;\n".join(parts))
+        except errors.ConnectionLost:
+            raise
+        except errors.DatabaseError as exc:
+            await self._rollback()
+            if exc.sqlstate == FENCE_SQLSTATE:
+                raise errors.LockLost("the migration lock was lost; nothing of this migration was recorded") from None
+            outcome = classify.classify(exc.sqlstate, strict=s.strict)
+            if outcome in (Outcome.RETRY, Outcome.LOCK_TIMEOUT):
+                raise _Retryable(outcome, exc, None) from None
+            return None
+        return ApplyResult(
+            version=m.version, name=m.name, duration_s=time.monotonic() - started,
+            statements_run=len(m.statements), attempts=1, fast_path=True,
+        )
+
+    async def _run_savepoints(self, m: Migration, lock_timeout_s: float) -> ApplyResult:
+        s = self.settings
+        w = self.work
+        started = time.monotonic()
+        tolerated: list[Tolerated] = []
+        lt = max(lock_timeout_s, m.directives.lock_timeout_s or 0)
+        await w.execute("BEGIN")
+        try:
+            await w.execute(
+                f"SET LOCAL lock_timeout = '{_ms(lt)}ms';"
+                f"SET LOCAL statement_timeout = '{_ms(m.directives.statement_timeout_s or s.statement_timeout_s)}ms'"
+            )
+            await self.lock.fence(w)
+            for st in m.statements:
+                try:
+                    await w.execute(f"SAVEPOINT {_SAVEPOINT};\n{st.text}\n;\nRELEASE SAVEPOINT {_SAVEPOINT}")
+                except errors.ConnectionLost:
+                    raise
+                except errors.DatabaseError as exc:
+                    outcome = classify.classify(exc.sqlstate, strict=s.strict)
+                    if outcome is Outcome.TOLERATED:
+                        await w.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; RELEASE SAVEPOINT {_SAVEPOINT}")
+                        tolerated.append(Tolerated(exc.sqlstate or "", st.line, st.col, exc.message))
+                        self.hooks.tolerated(exc.sqlstate or "")
+                        log.warning(
+                            "tolerated: %s", exc.message,
+                            extra={"event": "statement_tolerated", "version": m.version, "sqlstate": exc.sqlstate,
+                                   "position": f"{m.path}:{st.line}:{st.col}"},
+                        )
+                        continue
+                    await self._rollback()
+                    if outcome in (Outcome.RETRY, Outcome.LOCK_TIMEOUT):
+                        raise _Retryable(outcome, exc, st) from None
+                    await self._fatal(m, st, exc)
+            await self.lock.fence(w)
+            duration = time.monotonic() - started
+            await w.execute(
+                self.ledger.sql(queries.INSERT_MIGRATION), m.version, m.name, m.checksum, duration, db.HOSTNAME,
+                os.getpid(), len(m.statements), len(tolerated), True,
+            )
+            await w.execute("COMMIT")
+        except BaseException:
+            if not w.is_closed():
+                await self._rollback()
+            raise
+        return ApplyResult(
+            version=m.version, name=m.name, duration_s=duration, statements_run=len(m.statements),
+            attempts=1, tolerated=tolerated,
+        )
+
+    async def _run_autocommit(self, m: Migration, lock_timeout_s: float) -> ApplyResult:
+        """`-- schemad:no-transaction`: statement by statement; recorded only when all succeed."""
+        s = self.settings
+        w = self.work
+        started = time.monotonic()
+        tolerated: list[Tolerated] = []
+        lt = max(lock_timeout_s, m.directives.lock_timeout_s or 0)
+        await w.execute(
+            f"SET lock_timeout = '{_ms(lt)}ms';"
+            f"SET statement_timeout = '{_ms(m.directives.statement_timeout_s or s.statement_timeout_s)}ms'"
+        )
+        try:
+            for st in m.statements:
+                await self.lock.fence(w)
+                try:
+                    await w.execute(st.text)
+                except errors.ConnectionLost:
+                    raise
+                except errors.DatabaseError as exc:
+                    outcome = classify.classify(exc.sqlstate, strict=s.strict)
+                    if outcome is Outcome.TOLERATED:
+                        tolerated.append(Tolerated(exc.sqlstate or "", st.line, st.col, exc.message))
+                        self.hooks.tolerated(exc.sqlstate or "")
+                        continue
+                    if outcome in (Outcome.RETRY, Outcome.LOCK_TIMEOUT):
+                        raise _Retryable(outcome, exc, st) from None
+                    await self._fatal(m, st, exc)
+            duration = time.monotonic() - started
+            await w.execute("BEGIN")
+            try:
+                await self.lock.fence(w)
+                await w.execute(
+                    self.ledger.sql(queries.INSERT_MIGRATION), m.version, m.name, m.checksum, duration, db.HOSTNAME,
+                    os.getpid(), len(m.statements), len(tolerated), False,
+                )
+                await w.execute("COMMIT")
+            except BaseException:
+                if not w.is_closed():
+                    await self._rollback()
+                raise
+        finally:
+            if not w.is_closed():
+                with anyio.CancelScope(shield=True):
+                    await w.execute("RESET lock_timeout; RESET statement_timeout")
+        return ApplyResult(
+            version=m.version, name=m.name, duration_s=duration, statements_run=len(m.statements),
+            attempts=1, tolerated=tolerated,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _fatal(self, m: Migration, st: MigrationStatement, exc: errors.DatabaseError) -> None:
+        await self.ledger.event_quietly(
+            self.work, kind="migration", subject=m.name, version=m.version, outcome="failed",
+            sqlstate=exc.sqlstate, message=exc.message,
+            detail={"path": m.path, "line": st.line, "col": st.col, "statement": st.index + 1},
+        )
+        raise errors.MigrationFailed(
+            f"migration {m.name} failed at {m.path}:{st.line}:{st.col} (statement {st.index + 1}): "
+            f"SQLSTATE {exc.sqlstate}: {exc.message}; {_nothing_recorded(m)}",
+            version=m.version, name=m.name, path=m.path, line=st.line, col=st.col,
+            sqlstate=exc.sqlstate, reason="sql_error",
+        ) from exc
+
+    async def _rollback(self) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.work.execute("ROLLBACK")
+        except errors.SchemadError:
+            pass
+
+    def _ledger_insert_sql(self, m: Migration, *, tolerated: int) -> str:
+        # Every value is ours: an int, a [a-z0-9_] name, a hex checksum, the host name quoted.
+        return self.ledger.sql(
+            "INSERT INTO {schema}.migrations (version, name, checksum, duration_s, applied_by_host, "
+            "applied_by_pid, statements_run, statements_tolerated, transactional) VALUES ("
+            f"{int(m.version)}, {db.quote_literal(m.name)}, {db.quote_literal(m.checksum)}, "
+            "extract(epoch FROM clock_timestamp() - statement_timestamp()), "
+            f"{db.quote_literal(db.HOSTNAME)}, {os.getpid()}, {len(m.statements)}, {tolerated}, true)"
+        )
+
+    async def _blockers(self, st: MigrationStatement | None, lock_timeout_s: float) -> list[dict[str, Any]]:
+        """Who held the lock we waited for: sessions holding locks on the statement's table,
+        or else transactions open longer than the lock timeout."""
+        try:
+            rows: list[dict[str, Any]] = []
+            if st is not None and st.stmt.relation:
+                rows = await self.work.fetch(queries.BLOCKERS_OF_RELATION, st.stmt.relation)
+            if not rows:
+                rows = await self.work.fetch(queries.LONG_TRANSACTIONS, lock_timeout_s)
+        except errors.SchemadError:
+            return []
+        return [
+            {"pid": r["pid"], "state": r["state"], "application_name": r["application_name"],
+             "age_s": round(float(r["age_s"] or 0), 1), "query": r["query"]}
+            for r in rows
+        ]
+
+
+def _describe_blockers(blockers: list[dict[str, Any]]) -> str:
+    return ", ".join(
+        f"pid {b['pid']} ({b['application_name'] or '?'}, {b['state']}, {b['age_s']}s)" for b in blockers
+    ) or "none found"
+
+
+def _nothing_recorded(m: Migration) -> str:
+    if m.transactional:
+        return f"nothing of {m.name} was applied or recorded"
+    return (
+        f"{m.name} is a no-transaction migration: it was not recorded, and the whole file runs again next time"
+    )

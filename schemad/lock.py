@@ -1,0 +1,140 @@
+"""The advisory lock: a dedicated, idle connection; `pg_try_advisory_lock` polled with
+jitter (never the blocking form); fencing through `pg_locks`; pooler detection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from schemad import errors, queries
+
+if TYPE_CHECKING:
+    from schemad.db import Session
+
+log = logging.getLogger("schemad.lock")
+
+PROXY_FIX = (
+    "schemad is connected through a connection pooler or proxy (e.g. PgBouncer in transaction mode), "
+    "where session advisory locks are shared by every client: two replicas could migrate at once. "
+    "Give schemad a direct connection to PostgreSQL (SCHEMAD_DSN pointing at the server, not the pooler), "
+    "or a session-mode pool; --allow-proxy overrides this check at your own risk"
+)
+
+
+def lock_key(namespace: str, purpose: str) -> int:
+    """A signed 64-bit key for ``purpose`` ("migrations" or "indexes") within ``namespace``."""
+    digest = hashlib.sha256(f"schemad:{purpose}:{namespace}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def key_halves(key: int) -> tuple[int, int]:
+    """The (classid, objid) pair pg_locks shows for a bigint advisory key."""
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    return unsigned >> 32, unsigned & 0xFFFFFFFF
+
+
+async def detect_proxy(s: Session) -> str | None:
+    """Why this session looks pooled or proxied, or None for a direct connection."""
+    pid = int(await s.fetchval(queries.BACKEND_PID))
+    if pid != s.server_pid:
+        return f"the server's backend pid {pid} differs from the pid announced at connect ({s.server_pid})"
+    for _ in range(2):
+        again = int(await s.fetchval(queries.BACKEND_PID))
+        if again != pid:
+            return f"the backend pid changed between transactions ({pid} then {again})"
+    client_port = await s.fetchval(queries.CLIENT_PORT)
+    local = s.local_port
+    if client_port is not None and local is not None and int(client_port) != local:
+        return f"the server sees client port {client_port}, but our socket's local port is {local}"
+    return None
+
+
+async def refuse_proxy(s: Session, *, allow: bool) -> None:
+    reason = await detect_proxy(s)
+    if reason is None:
+        return
+    if allow:
+        log.warning("proxy detected, continuing", extra={"event": "proxy_allowed", "reason": reason})
+        return
+    raise errors.ProxyDetected(f"{PROXY_FIX} ({reason})")
+
+
+class AdvisoryLock:
+    """A session-level advisory lock held on one dedicated connection."""
+
+    def __init__(self, s: Session, key: int, *, name: str) -> None:
+        self.session = s
+        self.key = key
+        self.name = name
+        self.holder_pid: int | None = None
+        self._lost = False
+        s.on_termination(self._on_terminated)
+
+    def _on_terminated(self) -> None:
+        self._lost = self.holder_pid is not None
+
+    @property
+    def held(self) -> bool:
+        return self.holder_pid is not None and not self._lost and not self.session.is_closed()
+
+    async def try_acquire(self) -> bool:
+        got = bool(await self.session.fetchval(queries.TRY_LOCK, self.key))
+        if got:
+            self.holder_pid = self.session.server_pid
+            self._lost = False
+        return got
+
+    async def acquire(self, *, wait_s: float, poll_s: float) -> float:
+        """Poll until the lock is ours; returns the seconds waited. Raises `errors.LockBusy`."""
+        start = time.monotonic()
+        deadline = start + wait_s
+        while True:
+            if await self.try_acquire():
+                waited = time.monotonic() - start
+                log.info("lock acquired", extra={"event": "lock_acquired", "lock": self.name, "waited_s": round(waited, 3)})
+                return waited
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise errors.LockBusy(f"could not take the {self.name} lock within {wait_s:g}s (another replica holds it)")
+            # Jitter spreads replicas that started together.
+            await anyio.sleep(min(remaining, poll_s * (0.5 + random.random())))
+
+    async def fence(self, via: Session) -> None:
+        """Confirm, from another session, that our backend still holds the lock."""
+        if not self.held or self.holder_pid is None:
+            raise errors.LockLost(f"the {self.name} lock connection is gone; stopping all work")
+        classid, objid = key_halves(self.key)
+        ok = bool(await via.fetchval(queries.LOCK_HELD_BY, classid, objid, self.holder_pid))
+        if not ok:
+            self._lost = True
+            raise errors.LockLost(f"backend {self.holder_pid} no longer holds the {self.name} lock; stopping all work")
+
+    def fence_sql(self) -> str:
+        """A statement that aborts the current transaction unless the lock is still ours (for batched sends)."""
+        classid, objid = key_halves(self.key)
+        return (
+            "DO $schemad_fence$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND classid = {classid}::bigint::oid AND objid = {objid}::bigint::oid AND objsubid = 1 "
+            f"AND pid = {int(self.holder_pid or 0)} AND granted) THEN "
+            "RAISE EXCEPTION 'schemad: advisory lock lost' USING ERRCODE = 'SD001'; END IF; END $schemad_fence$"
+        )
+
+    async def release(self) -> None:
+        """Unlock if the connection is alive; a dead connection has released it already."""
+        if self.holder_pid is None:
+            return
+        try:
+            if not self.session.is_closed():
+                with anyio.CancelScope(shield=True):
+                    await self.session.fetchval(queries.UNLOCK, self.key)
+        except errors.SchemadError:
+            pass
+        finally:
+            self.holder_pid = None
+            log.info("lock released", extra={"event": "lock_released", "lock": self.name})

@@ -1,0 +1,140 @@
+"""schemad's own SQL, as named constants (SQL is data).
+
+Templates with ``{schema}`` take the ledger schema through `ledger_sql()`, which quotes it;
+nothing else is interpolated.
+"""
+
+from __future__ import annotations
+
+from schemad.sqlparser import quote_ident
+
+# --- ledger DDL, versioned; each step is idempotent and runs under the migration lock ---
+LEDGER_STEPS: tuple[str, ...] = (
+    """
+    CREATE SCHEMA IF NOT EXISTS {schema};
+    CREATE TABLE IF NOT EXISTS {schema}.ledger_version (
+        version    integer PRIMARY KEY,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    );
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS {schema}.migrations (
+        version              bigint PRIMARY KEY,
+        name                 text NOT NULL,
+        checksum             text NOT NULL,
+        applied_at           timestamptz NOT NULL DEFAULT now(),
+        duration_s           double precision NOT NULL,
+        applied_by_host      text NOT NULL,
+        applied_by_pid       integer NOT NULL,
+        statements_run       integer NOT NULL,
+        statements_tolerated integer NOT NULL DEFAULT 0,
+        transactional        boolean NOT NULL DEFAULT true,
+        baselined            boolean NOT NULL DEFAULT false
+    );
+    CREATE TABLE IF NOT EXISTS {schema}.events (
+        id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at         timestamptz NOT NULL DEFAULT clock_timestamp(),
+        kind       text NOT NULL,
+        subject    text NOT NULL,
+        version    bigint,
+        outcome    text NOT NULL,
+        sqlstate   text,
+        message    text,
+        duration_s double precision,
+        attempt    integer,
+        host       text NOT NULL,
+        pid        integer NOT NULL,
+        detail     jsonb
+    );
+    CREATE INDEX IF NOT EXISTS events_at_idx ON {schema}.events (at);
+    CREATE TABLE IF NOT EXISTS {schema}.index_builds (
+        name          text PRIMARY KEY,
+        table_name    text NOT NULL,
+        attempts      integer NOT NULL DEFAULT 0,
+        last_outcome  text,
+        last_sqlstate text,
+        last_error    text,
+        last_attempt_at timestamptz,
+        built_at      timestamptz
+    );
+    """,
+)
+
+LEDGER_EXISTS = "SELECT to_regclass($1) IS NOT NULL"
+LEDGER_VERSION = "SELECT coalesce(max(version), 0) FROM {schema}.ledger_version"
+LEDGER_SET_VERSION = "INSERT INTO {schema}.ledger_version (version) VALUES ($1) ON CONFLICT DO NOTHING"
+
+APPLIED = "SELECT version, name, checksum FROM {schema}.migrations ORDER BY version"
+APPLIED_FULL = """
+SELECT version, name, checksum, applied_at, duration_s, applied_by_host, applied_by_pid,
+       statements_run, statements_tolerated, transactional, baselined
+FROM {schema}.migrations ORDER BY version
+"""
+INSERT_MIGRATION = """
+INSERT INTO {schema}.migrations
+    (version, name, checksum, duration_s, applied_by_host, applied_by_pid,
+     statements_run, statements_tolerated, transactional)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+"""
+INSERT_EVENT = """
+INSERT INTO {schema}.events
+    (kind, subject, version, outcome, sqlstate, message, duration_s, attempt, host, pid, detail)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
+"""
+LAST_FAILURE = """
+SELECT at, kind, subject, version, outcome, sqlstate, message, attempt, host, pid, detail
+FROM {schema}.events
+WHERE outcome = 'failed' AND kind = 'migration'
+  AND at > coalesce((SELECT max(at) FROM {schema}.events WHERE kind = 'migration' AND outcome = 'applied'),
+                    '-infinity')
+ORDER BY id DESC LIMIT 1
+"""
+
+# --- advisory lock (keys split into the two 32-bit halves pg_locks shows) ---
+TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
+UNLOCK = "SELECT pg_advisory_unlock($1)"
+BACKEND_PID = "SELECT pg_backend_pid()"
+CLIENT_PORT = "SELECT inet_client_port()"
+LOCK_HELD_BY = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+    WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objid = $2::bigint::oid
+      AND objsubid = 1 AND pid = $3 AND granted
+)
+"""
+LOCK_HOLDER = """
+SELECT l.pid, a.application_name, a.client_addr::text AS client_addr, a.backend_start,
+       a.state_change AS since, a.state
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid
+  AND l.objsubid = 1 AND l.granted
+"""
+
+# --- blockers of a lock wait ---
+BLOCKERS_OF_RELATION = """
+SELECT DISTINCT a.pid, a.state, a.application_name,
+       extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8 AS age_s,
+       left(a.query, 200) AS query
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'relation' AND l.granted AND l.relation = to_regclass($1)
+  AND l.pid <> pg_backend_pid()
+ORDER BY age_s DESC NULLS LAST
+LIMIT 10
+"""
+LONG_TRANSACTIONS = """
+SELECT a.pid, a.state, a.application_name,
+       extract(epoch FROM now() - a.xact_start)::float8 AS age_s, left(a.query, 200) AS query
+FROM pg_stat_activity a
+WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid() AND a.datname = current_database()
+  AND now() - a.xact_start > make_interval(secs => $1)
+ORDER BY a.xact_start
+LIMIT 10
+"""
+
+SERVER_VERSION_NUM = "SELECT current_setting('server_version_num')::int"
+CURRENT_DATABASE = "SELECT current_database()"
+
+
+def ledger_sql(template: str, schema: str) -> str:
+    """Fill ``{schema}`` with the quoted ledger schema name."""
+    return template.replace("{schema}", quote_ident(schema))
