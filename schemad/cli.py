@@ -90,6 +90,15 @@ def cmd_status(args: argparse.Namespace, settings: config.Settings) -> int:
     return commands.status(settings, as_json=args.json)
 
 
+def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import daemon
+
+    def reload() -> config.Settings:
+        return config.load(config_file=args.config, flags=_flags(args))
+
+    return daemon.main(settings, load_settings=reload)
+
+
 def cmd_demo(args: argparse.Namespace, settings: config.Settings) -> int:
     from schemad import demo
 
@@ -122,6 +131,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
     "new": cmd_new,
     "migrate": cmd_migrate,
     "status": cmd_status,
+    "run": cmd_run,
     "demo": cmd_demo,
 }
 
@@ -149,9 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("run", help="the daemon: migrate on every trigger, build indexes, serve metrics")
+    _common(p)
+    _db_flags(p)
+    p.add_argument("--metrics-addr", help=f"HOST:PORT for /metrics /livez /readyz /status "
+                   f"(default {config.DEFAULT_METRICS_ADDR})")
+    p.add_argument("--watch", action="store_true", default=None, help="re-scan when files change")
+
     p = sub.add_parser("demo", help="throwaway local PostgreSQL + the example schema")
     _common(p)
     p.add_argument("--once", action="store_true", help="apply, print the status and exit")
+    p.add_argument("--metrics-addr", help="HOST:PORT for the demo daemon's endpoints")
     return parser
 
 

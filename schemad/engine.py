@@ -68,6 +68,7 @@ async def migrate(
     dry_run: bool = False,
     hooks: Hooks | None = None,
     on_lock: Any = None,
+    lock_wait_s: float | None = None,
 ) -> RunReport:
     """Apply every pending migration under the migration lock; raises on the first failure."""
     if not validation.ok:
@@ -83,7 +84,8 @@ async def migrate(
         try:
             await lock.refuse_proxy(lock_conn, allow=settings.allow_proxy)
             lk = lock.AdvisoryLock(lock_conn, lock.lock_key(ns, "migrations"), name="migration")
-            waited = await lk.acquire(wait_s=settings.lock_wait_s, poll_s=settings.lock_poll_s)
+            wait = settings.lock_wait_s if lock_wait_s is None else lock_wait_s
+            waited = await lk.acquire(wait_s=wait, poll_s=settings.lock_poll_s)
             if on_lock is not None:
                 on_lock(True)
             try:
