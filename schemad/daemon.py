@@ -177,7 +177,7 @@ class Daemon:
             lost = anyio.Event()
             session.on_termination(lost.set)
             try:
-                await session.add_listener(self.settings.notify_channel, lambda payload: self.wake.set(f"notify:{payload}"))
+                await session.add_listener(self.settings.notify_channel, self._on_notify)
                 await lost.wait()
             except errors.SchemadError:
                 pass
@@ -185,6 +185,10 @@ class Daemon:
                 with anyio.CancelScope(shield=True):
                     await session.close(timeout_s=2.0)
             await anyio.sleep(LISTEN_RETRY_S)
+
+    def _on_notify(self, payload: str) -> None:
+        if not payload.endswith(engine.NOTIFY_SENDER):  # our own apply needs no second look
+            self.wake.set(f"notify:{payload.split(':')[1] if ':' in payload else payload}")
 
     async def _watch_files(self) -> None:
         import watchfiles

@@ -5,6 +5,7 @@ apply, release, notify. Shared by `schemad migrate` and the daemon.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from schemad.validation import Validation
 
 log = logging.getLogger("schemad.engine")
+
+# Identifies this process's own NOTIFY payloads, which its daemon need not act on.
+NOTIFY_SENDER = f"{db.HOSTNAME}:{os.getpid()}"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -131,7 +135,7 @@ async def _apply_locked(
             # Waiting replicas LISTEN on this channel and re-check at once.
             last = report.applied[-1].version
             try:
-                await ex.work.execute(f"NOTIFY {settings.notify_channel}, 'applied:{last}'")
+                await ex.work.execute(f"NOTIFY {settings.notify_channel}, 'applied:{last}:{NOTIFY_SENDER}'")
             except errors.SchemadError:
                 pass
         if ex.work is not work:
