@@ -59,9 +59,9 @@ def classify(sqlstate: str | None, *, strict: bool = False) -> Outcome:
 
 def backoff_s(attempt: int, *, base_s: float, cap_s: float = 30.0, jitter: float) -> float:
     """Exponential backoff with full jitter; ``jitter`` is a number in [0, 1) from the caller."""
-    return min(cap_s, base_s * (2 ** max(0, attempt - 1))) * (0.5 + jitter / 2)
+    return min(cap_s, base_s * 2.0 ** max(0, attempt - 1)) * (0.5 + jitter / 2)
 
 
 def raised_lock_timeout_s(base_s: float, attempt: int, *, cap_factor: float = 4.0) -> float:
     """Raise the lock timeout gently with each retry (×1.5 per attempt, capped); never none."""
-    return min(base_s * cap_factor, base_s * (1.5 ** max(0, attempt - 1)))
+    return float(min(base_s * cap_factor, base_s * 1.5 ** max(0, attempt - 1)))

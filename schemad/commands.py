@@ -159,18 +159,19 @@ def render_status(data: dict[str, Any]) -> str:
     if data["applied"]:
         lines.append("")
         lines.append(f"{'version':>7}  {'name':<40} {'applied at':<26} {'duration':>10}")
-        for a in data["applied"]:
-            lines.append(
-                f"{a['version']:>7}  {a['name']:<40} {str(a['applied_at'])[:26]:<26} {a['duration_s'] * 1000:>8.1f}ms"
-            )
+        lines.extend(
+            f"{a['version']:>7}  {a['name']:<40} {str(a['applied_at'])[:26]:<26} {a['duration_s'] * 1000:>8.1f}ms"
+            for a in data["applied"]
+        )
     if data["pending"]:
         lines.append("")
         lines.append("pending:")
         lines.extend(f"  {p['version']:>5}  {p['name']}" for p in data["pending"])
-    for mm in data["checksum_mismatches"]:
-        lines.append(f"CHANGED after apply: {mm['path']} (recorded {mm['recorded'][:12]}, now {mm['current'][:12]})")
-    for u in data["unknown_applied"]:
-        lines.append(f"applied but unknown to these files: {u['version']} {u['name']}")
+    lines.extend(
+        f"CHANGED after apply: {mm['path']} (recorded {mm['recorded'][:12]}, now {mm['current'][:12]})"
+        for mm in data["checksum_mismatches"]
+    )
+    lines.extend(f"applied but unknown to these files: {u['version']} {u['name']}" for u in data["unknown_applied"])
     for name, holder in data["lock"].items():
         if holder:
             lines.append(f"{name} lock held by pid {holder['pid']} ({holder['application_name']}) since {holder['since']}")

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,8 @@ from prometheus_client import CollectorRegistry
 from schemad import commands, db, engine, errors, http, metrics, redact, sdnotify, validation
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from schemad.config import Settings
 
 log = logging.getLogger("schemad.daemon")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ import asyncpg
 from schemad import config, errors, redact
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 HOSTNAME = socket.gethostname()
 
@@ -63,6 +62,7 @@ def translate_errors() -> Iterator[None]:
         raise errors.ConnectionLost(redact.scrub(str(exc) or type(exc).__name__), sqlstate="08006") from None
 
 
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *_CONNECTION_ERRORS)
 _SHUTDOWN = frozenset({"57P01", "57P02", "57P03"})
 
 
@@ -103,9 +103,9 @@ class Session:
     def on_termination(self, callback: Callable[[], None]) -> None:
         self._conn.add_termination_listener(lambda _c: callback())
 
-    async def execute(self, sql: str, *args: Any, timeout: float | None = None) -> str:
+    async def execute(self, sql: str, *args: Any) -> str:
         with translate_errors():
-            return str(await self._conn.execute(sql, *args, timeout=timeout))
+            return str(await self._conn.execute(sql, *args))
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         with translate_errors():
@@ -141,7 +141,7 @@ class Session:
         with anyio.move_on_after(timeout_s, shield=True) as scope:
             try:
                 await self._conn.close(timeout=timeout_s)
-            except Exception:
+            except _CLOSE_ERRORS:
                 self._conn.terminate()
         if scope.cancelled_caught:
             self._conn.terminate()

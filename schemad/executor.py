@@ -172,9 +172,9 @@ class Executor:
             if not m.transactional:
                 return await self._run_autocommit(m, lock_timeout_s)
             if self.settings.fast_path and fast:
-                fast = await self._run_fast(m, lock_timeout_s)
-                if fast is not None:
-                    return fast
+                one_trip = await self._run_fast(m, lock_timeout_s)
+                if one_trip is not None:
+                    return one_trip
             return await self._run_savepoints(m, lock_timeout_s)
         except errors.ConnectionLost as exc:
             return await self._after_connection_loss(m, exc)
@@ -182,7 +182,7 @@ class Executor:
     async def _after_connection_loss(self, m: Migration, exc: errors.ConnectionLost) -> ApplyResult:
         """The work connection died: the lock decides whether we may go on at all."""
         if self._reconnect is None:
-            raise
+            raise exc
         self.work = await self._reconnect()
         await self.lock.fence(self.work)  # raises LockLost if the lock went with it
         # A COMMIT may have reached the server before the connection died.

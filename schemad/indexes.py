@@ -7,10 +7,14 @@ typed by hand (the seed's dict format let name and SQL disagree).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemad import rules, sourcefiles, sqlparser
-from schemad.findings import Finding
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from schemad.findings import Finding
 
 CRITICAL_DIRECTIVE = "-- schemad:critical"
 

@@ -9,7 +9,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from schemad import errors, plan, queries
+from schemad import errors, plan, queries, sqlparser
 from schemad.db import HOSTNAME
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ class Ledger:
         return queries.ledger_sql(template, self.schema)
 
     async def exists(self, s: Session) -> bool:
-        return bool(await s.fetchval(queries.LEDGER_EXISTS, f"{queries.quote_ident(self.schema)}.migrations"))
+        return bool(await s.fetchval(queries.LEDGER_EXISTS, f"{sqlparser.quote_ident(self.schema)}.migrations"))
 
     async def ensure(self, s: Session) -> None:
         """Create or upgrade the ledger; call only while holding the migration lock."""

@@ -5,13 +5,14 @@ Pure: takes `Migration` values, returns `Finding`s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from schemad import rules, statements
 from schemad.statements import Kind
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from schemad.findings import Finding
     from schemad.migrations import Migration, MigrationStatement
     from schemad.sqlparser import AlterCmd
@@ -33,8 +34,10 @@ def _index_ddl(s: MigrationStatement) -> Iterator[tuple[str, str]]:
     if statements.kind(s.stmt) is Kind.INDEX_DDL:
         yield (
             "E105",
-            f"{s.stmt.command} in a migration: indexes belong in indexes/ "
-            "(declare it there and schemad builds it concurrently)",
+            (
+                f"{s.stmt.command} in a migration: indexes belong in indexes/ "
+                "(declare it there and schemad builds it concurrently)"
+            ),
         )
 
 
@@ -57,15 +60,22 @@ def _rename_drop(s: MigrationStatement) -> Iterator[tuple[str, str]]:
 
 _ALTER_RULES: dict[str, Callable[[AlterCmd], tuple[str, str] | None]] = {
     "AddConstraint": lambda c: (
-        ("W201", f"ADD {c.constraint_type} constraint validates the whole table under lock: "
-                 "add it NOT VALID, then VALIDATE CONSTRAINT in a later migration")
+        (
+            "W201",
+            (
+                f"ADD {c.constraint_type} constraint validates the whole table under lock: "
+                "add it NOT VALID, then VALIDATE CONSTRAINT in a later migration"
+            ),
+        )
         if c.constraint_type in ("FOREIGN", "CHECK") and not c.not_valid
         else None
     ),
     "SetNotNull": lambda c: (
         "W202",
-        f"SET NOT NULL on {c.column} scans the table under ACCESS EXCLUSIVE: add a CHECK (... IS NOT NULL) "
-        "NOT VALID, validate it, then SET NOT NULL",
+        (
+            f"SET NOT NULL on {c.column} scans the table under ACCESS EXCLUSIVE: add a CHECK (... IS NOT NULL) "
+            "NOT VALID, validate it, then SET NOT NULL"
+        ),
     ),
     "AlterColumnType": lambda c: ("W203", f"ALTER COLUMN {c.column} TYPE may rewrite the table under ACCESS EXCLUSIVE"),
     "AddColumn": lambda c: (

@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemad import directives, rules, sourcefiles, sqlparser
-from schemad.findings import Finding
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from schemad.findings import Finding
 
 FILE_NAME = re.compile(r"^(?P<version>[0-9]+)_(?P<slug>[a-z0-9_]+)\.sql$")
 _LOOSE_NAME = re.compile(r"^(?P<version>[0-9]+)[_-]")

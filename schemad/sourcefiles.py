@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemad import rules
-from schemad.findings import Finding
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from schemad.findings import Finding
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 
@@ -72,8 +76,7 @@ def read_source(path: Path, root: Path, display: str) -> tuple[SourceFile | None
         line = good.count("\n") + 1
         col = len(good) - (good.rfind("\n") + 1) + 1
         return None, [rules.finding("E102", display, line, col, f"invalid UTF-8 byte 0x{data[exc.start]:02x}")]
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     if "\x00" in text:
         good = text[: text.index("\x00")]
         line = good.count("\n") + 1
