@@ -1,0 +1,141 @@
+"""End to end: real `schemad run` processes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.conftest import REPO, Database
+from tests.e2e.daemons import Daemon, notify_socket, start_daemon, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+
+def _workdir(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "migrations", work / "migrations")
+    (work / "indexes").mkdir()
+    return work
+
+
+def _ready(d: Daemon) -> Callable[[], bool]:
+    return lambda: d.get("/readyz")[0] == 200
+
+
+def _log_migration(version: int) -> str:
+    return (
+        "-- schemad:allow=data-change the row proves exactly-once application\n"
+        f"CREATE TABLE t_{version} (id int);\n"
+        f"INSERT INTO apply_log (version) VALUES ({version});\n"
+    )
+
+
+@pytest.fixture
+def three(tmp_path: Path, database: Database) -> Iterator[tuple[Path, list[Daemon]]]:
+    work = _workdir(tmp_path)
+    (work / "migrations" / "0100_apply_log.sql").write_text(
+        "CREATE TABLE apply_log (version int NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());\n"
+    )
+    (work / "migrations" / "0101_logged.sql").write_text(_log_migration(101))
+    daemons: list[Daemon] = []
+    with notify_socket(tmp_path) as n1, notify_socket(tmp_path) as n2, notify_socket(tmp_path) as n3:
+        try:
+            daemons.extend(start_daemon(database.dsn, work, n) for n in (n1, n2, n3))
+            yield work, daemons
+        finally:
+            for d in daemons:
+                d.stop()
+
+
+def test_three_daemons_apply_once_and_all_become_ready(three: tuple[Path, list[Daemon]], database: Database) -> None:
+    _work, daemons = three
+    for d in daemons:
+        wait_for(_ready(d), timeout_s=20, what=f"daemon :{d.port} ready")
+        wait_for(functools.partial(d.notify.has, "READY=1"), timeout_s=5, what="READY=1 on the notify socket")
+    assert database.sql("SELECT count(*) FROM apply_log WHERE version = 101") == "1"
+    assert database.sql("SELECT count(*) FROM schemad.migrations") == "11"
+    applied = sum(d.sample("schemad_migrations_applied_total") or 0 for d in daemons)
+    assert applied == 11, "each migration applied by exactly one daemon"
+    for d in daemons:
+        status = json.loads(d.get("/status")[1])
+        assert status["schema_version"] == 101 and status["up_to_date"] is True
+        assert any(m.startswith("STATUS=") for m in d.notify.drain())
+
+
+def test_new_migration_sighup_applies_once_and_others_wake_by_notify(
+    three: tuple[Path, list[Daemon]], database: Database
+) -> None:
+    work, daemons = three
+    for d in daemons:
+        wait_for(_ready(d), timeout_s=20, what="ready")
+    (work / "migrations" / "0102_logged.sql").write_text(_log_migration(102))
+    daemons[0].signal(signal.SIGHUP)
+
+    def at_102(d: Daemon) -> bool:
+        code, body = d.get("/status")
+        return code == 200 and json.loads(body).get("schema_version") == 102 and d.get("/readyz")[0] == 200
+
+    wait_for(lambda: at_102(daemons[0]), timeout_s=10, what="the signalled daemon applied 0102")
+    # The interval is 60 s: only the applier's NOTIFY can wake the other two this fast.
+    for d in daemons[1:]:
+        took = wait_for(functools.partial(at_102, d), timeout_s=1.0, what="a waiting replica woke through NOTIFY")
+        assert took < 1.0
+    assert database.sql("SELECT count(*) FROM apply_log WHERE version = 102") == "1"
+
+
+def test_failing_migration_reports_and_recovers(tmp_path: Path, database: Database) -> None:
+    work = _workdir(tmp_path)
+    bad = work / "migrations" / "0100_bad.sql"
+    bad.write_text("CREATE TABLE ok_part (id int);\nALTER TABLE no_such_table ADD COLUMN x int;\n")
+    with notify_socket(tmp_path) as n:
+        d = start_daemon(database.dsn, work, n)
+        try:
+            wait_for(lambda: d.sample("schemad_migration_last_run_success") == 0.0, timeout_s=20, what="failure metric")
+            assert (d.sample('schemad_migration_failures_total{reason="sql_error"}') or 0) >= 1
+            assert d.get("/readyz")[0] == 503
+            assert d.get("/livez")[0] == 200
+            status = json.loads(d.get("/status")[1])
+            assert status["last_failure"]["sqlstate"] == "42P01"
+            assert "0100_bad" in status["daemon_error"]
+            assert database.sql("SELECT to_regclass('ok_part') IS NULL") == "t", "nothing partial applied"
+            assert not n.has("READY=1")
+            assert d.proc.poll() is None, "the daemon stays up"
+            # Fix the file; the next trigger recovers.
+            bad.write_text("CREATE TABLE ok_part (id int);\n")
+            d.signal(signal.SIGHUP)
+            wait_for(lambda: d.get("/readyz")[0] == 200, timeout_s=10, what="recovery after the fix")
+            assert d.sample("schemad_migration_last_run_success") == 1.0
+            wait_for(lambda: n.has("READY=1"), timeout_s=5, what="READY=1 after recovery")
+        finally:
+            assert d.stop() == 0
+
+
+def test_sigterm_exits_zero_and_releases_everything(tmp_path: Path, database: Database) -> None:
+    work = _workdir(tmp_path)
+    with notify_socket(tmp_path) as n:
+        d = start_daemon(database.dsn, work, n)
+        wait_for(lambda: d.get("/readyz")[0] == 200, timeout_s=20, what="ready")
+        assert d.stop(timeout_s=10) == 0
+        assert "STOPPING=1" in n.drain()
+    sessions = database.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'schemad:%' "
+        f"AND application_name LIKE '%:{d.proc.pid}'"
+    )
+    assert sessions == "0"
+
+
+def test_bad_config_exits_78(tmp_path: Path, database: Database) -> None:
+    from tests.conftest import run_schemad
+
+    work = _workdir(tmp_path)
+    (work / "schemad.toml").write_text('lock_timeout_s = "soon"\n')
+    res = run_schemad("run", "--config", "schemad.toml", env={"SCHEMAD_DSN": database.dsn}, cwd=work)
+    assert res.returncode == 78
+    assert "lock_timeout_s" in res.stderr and "schemad.toml" in res.stderr
