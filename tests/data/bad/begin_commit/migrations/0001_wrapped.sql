@@ -1,0 +1,3 @@
+BEGIN;
+CREATE TABLE businesses (id bigint PRIMARY KEY);
+COMMIT;

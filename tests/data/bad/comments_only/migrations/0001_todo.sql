@@ -1,0 +1,4 @@
+-- TODO: write this migration
+/* nothing
+   here */
+

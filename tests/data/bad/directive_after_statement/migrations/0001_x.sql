@@ -1,0 +1,3 @@
+CREATE TABLE t (id int);
+-- schemad:no-transaction
+CREATE TABLE u (id int);

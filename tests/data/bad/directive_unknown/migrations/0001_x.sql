@@ -1,0 +1,2 @@
+-- schemad:no-transactions
+CREATE TABLE t (id int);

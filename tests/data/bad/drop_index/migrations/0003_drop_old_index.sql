@@ -1,0 +1,2 @@
+DROP INDEX IF EXISTS idx_old;
+  DROP INDEX CONCURRENTLY idx_older;

@@ -1,0 +1,1 @@
+CREATE INDEX idx_bc_active ON business_calendars (is_active);

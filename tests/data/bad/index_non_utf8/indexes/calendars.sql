@@ -1,0 +1,2 @@
+-- Ã( broken
+CREATE INDEX idx_bc ON business_calendars (business_id);

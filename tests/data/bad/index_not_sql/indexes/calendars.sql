@@ -1,0 +1,1 @@
+CREATE INDEX idx_bc ON business_calendars (business_id);

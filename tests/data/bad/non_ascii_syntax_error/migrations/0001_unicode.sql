@@ -1,0 +1,3 @@
+-- Ünïcödé comment: 日本語
+CREATE TABLE café (naïve text DEFAULT 'ñandú 日本');
+SELECT 'ü' FRM café;

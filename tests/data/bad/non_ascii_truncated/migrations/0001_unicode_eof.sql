@@ -1,0 +1,3 @@
+CREATE TABLE été (
+    ö int,
+    ü text DEFAULT '日本'

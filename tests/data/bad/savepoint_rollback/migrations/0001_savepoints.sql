@@ -1,0 +1,6 @@
+START TRANSACTION;
+SAVEPOINT before_table;
+CREATE TABLE t (id int);
+ROLLBACK TO SAVEPOINT before_table;
+RELEASE SAVEPOINT before_table;
+ROLLBACK;

@@ -1,0 +1,1 @@
+0000_missing.sql

@@ -1,0 +1,3 @@
+-- schemad:no-transaction
+COMMIT;
+VACUUM businesses;

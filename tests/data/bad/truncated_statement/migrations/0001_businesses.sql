@@ -1,0 +1,3 @@
+CREATE TABLE businesses (
+    id bigint PRIMARY KEY,
+    name text NOT NULL

@@ -1,0 +1,2 @@
+COMMENT ON TABLE t IS 'never closed;
+CREATE TABLE u (id int);

@@ -1,0 +1,2 @@
+ALTER TABLE businesses ADD COLUMN note text;
+VACUUM ANALYZE businesses;

@@ -1,0 +1,2 @@
+-- Ünïcödé description
+CREATE INDEX idx_café ON café (naïve);

@@ -1,0 +1,2 @@
+-- Ünïcödé: 日本語
+CREATE TABLE café (naïve text DEFAULT 'ñandú; 日本');
