@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from schemad import redact
+
 _STD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 
 
@@ -30,7 +32,7 @@ class JsonFormatter(logging.Formatter):
         out.setdefault("event", "log")
         if record.exc_info and record.exc_info[1] is not None:
             out["error"] = repr(record.exc_info[1])
-        return json.dumps(out, default=str)
+        return redact.scrub(json.dumps(out, default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -41,9 +43,9 @@ class TextFormatter(logging.Formatter):
         head = time.strftime("%H:%M:%S", time.localtime(record.created))
         parts = [head, record.levelname.lower(), f"[{event}]" if event else "", record.getMessage(), tail]
         text = " ".join(p for p in parts if p)
-        if record.exc_info and record.exc_info[1] is not None and record.levelno >= logging.DEBUG:
-            text += "\n" + self.formatException(record.exc_info) if logging.getLogger("schemad").level <= 10 else ""
-        return text
+        if record.exc_info and record.exc_info[1] is not None:
+            text += "\n" + self.formatException(record.exc_info)
+        return redact.scrub(text)
 
 
 def setup(*, fmt: str = "text", level: str = "info") -> None:
