@@ -36,6 +36,8 @@ DEFAULT_LOCK_POLL_S = 2.0
 DEFAULT_RETRY_ATTEMPTS = 10
 DEFAULT_RETRY_BUDGET_S = 300.0
 DEFAULT_INDEX_STATEMENT_TIMEOUT_S = 6 * 3600.0
+DEFAULT_INDEX_RETRY_BACKOFF_S = 10.0
+DEFAULT_THROTTLE_POLL_S = 15.0
 
 _config_file: ContextVar[Path | None] = ContextVar("schemad_config_file", default=None)
 
@@ -84,6 +86,8 @@ class Settings(BaseSettings):
     index_retry_attempts: int = Field(3, ge=1)
     index_replace_drifted: bool = False
     allow_unsafe_pg14: bool = False
+    index_retry_backoff_s: float = Field(DEFAULT_INDEX_RETRY_BACKOFF_S, ge=0)
+    index_progress_poll_s: float = Field(2.0, gt=0)
 
     # Throttling (admission of index builds)
     throttle_max_replication_lag_s: float = Field(30.0, ge=0)
@@ -94,6 +98,7 @@ class Settings(BaseSettings):
     throttle_defer_on_autovacuum: bool = True
     throttle_windows: list[str] = Field(default_factory=list)
     throttle_resume_after_s: float = Field(10.0, ge=0)
+    throttle_poll_s: float = Field(DEFAULT_THROTTLE_POLL_S, gt=0)
 
     # Daemon
     metrics_addr: str = DEFAULT_METRICS_ADDR
@@ -181,11 +186,15 @@ def load(*, config_file: Path | None = None, flags: dict[str, Any] | None = None
         _config_file.reset(token)
 
 
+# Settings whose command-line flag is not simply the key with dashes.
+_FLAG_NAMES = {"lock_wait_s": "--lock-wait"}
+
+
 def _source_of(
     key: str, flags: dict[str, Any], environ: dict[str, str], file_data: dict[str, Any], config_file: Path | None
 ) -> str:
     if key in flags:
-        return f"--{key.replace('_', '-')}"
+        return _FLAG_NAMES.get(key, f"--{key.replace('_', '-')}")
     env_name = ENV_PREFIX + key.upper()
     if any(k.upper() == env_name for k in environ):
         return f"environment {env_name}"

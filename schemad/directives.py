@@ -34,7 +34,11 @@ def parse_duration(text: str) -> float | None:
 
 
 def parse_directives(
-    text: str, *, first_statement_line: int, known_rules: frozenset[str]
+    text: str,
+    *,
+    first_statement_line: int,
+    known_rules: frozenset[str],
+    statement_lines: frozenset[int] = frozenset(),
 ) -> tuple[Directives, list[DirectiveError]]:
     """Read directives from comment lines; a directive after the first statement is an error."""
     transactional = True
@@ -47,6 +51,8 @@ def parse_directives(
         if not stripped.startswith(DIRECTIVE_PREFIX):
             continue
         col = len(line) - len(stripped) + 1
+        if lineno in statement_lines:
+            continue  # inside a statement (e.g. a function body): not a directive
         if lineno > first_statement_line:
             errors.append(DirectiveError(lineno, col, "directives must come before the first statement"))
             continue

@@ -75,7 +75,11 @@ def parse_index_file(source: sourcefiles.SourceFile) -> tuple[list[IndexSpec], l
         return [], [rules.finding("E103", path, 1, 1, "no statements in index file")]
     lines = source.text.splitlines()
     specs: list[IndexSpec] = []
-    findings: list[Finding] = []
+    findings: list[Finding] = [
+        rules.finding("E108", path, n, len(line) - len(line.lstrip()) + 1, f"unknown directive {line.strip()!r}")
+        for n, line in enumerate(lines, start=1)
+        if line.lstrip().startswith("-- schemad:") and line.strip() != CRITICAL_DIRECTIVE
+    ]
     for stmt in parsed:
         line, col = source.position(stmt.start)
         idx = stmt.index

@@ -61,6 +61,14 @@ def _rename_drop(s: MigrationStatement) -> Iterator[tuple[str, str]]:
 _ALTER_RULES: dict[str, Callable[[AlterCmd], tuple[str, str] | None]] = {
     "AddConstraint": lambda c: (
         (
+            "W208",
+            (
+                f"ADD {c.constraint_type} builds its index while holding ACCESS EXCLUSIVE: declare a unique index "
+                "in indexes/, then ADD CONSTRAINT ... USING INDEX"
+            ),
+        )
+        if c.constraint_type in ("PRIMARY", "UNIQUE") and not c.using_index
+        else (
             "W201",
             (
                 f"ADD {c.constraint_type} constraint validates the whole table under lock: "

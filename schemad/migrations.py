@@ -78,7 +78,14 @@ def parse_migration(source: sourcefiles.SourceFile, version: int, slug: str) -> 
         for pos in [source.position(s.start)]
     )
     found, errs = directives.parse_directives(
-        source.text, first_statement_line=stmts[0].line, known_rules=rules.WAIVABLE
+        source.text,
+        first_statement_line=stmts[0].line,
+        known_rules=rules.WAIVABLE,
+        statement_lines=frozenset(
+            line
+            for st in stmts
+            for line in range(st.line + 1, source.position(max(st.stmt.start, st.stmt.end - 1))[0] + 1)
+        ),
     )
     findings = [rules.finding("E108", path, e.line, e.col, e.message) for e in errs]
     migration = Migration(

@@ -51,6 +51,7 @@ RULES: tuple[Rule, ...] = (
     Rule("W205", "rename", _W, "a rename breaks running application code"),
     Rule("W206", "drop", _W, "a drop breaks running application code and loses data"),
     Rule("W207", "data-change", _W, "INSERT/UPDATE/DELETE in a migration"),
+    Rule("W208", "constraint-builds-index", _W, "ADD PRIMARY KEY/UNIQUE builds an index under ACCESS EXCLUSIVE"),
 )
 
 BY_CODE: dict[str, Rule] = {r.code: r for r in RULES}

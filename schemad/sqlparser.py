@@ -46,6 +46,7 @@ class AlterCmd:
     not_valid: bool = False
     volatile_default: bool = False
     concurrent: bool = False
+    using_index: bool = False  # ADD CONSTRAINT ... USING INDEX: no index is built
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,10 +187,12 @@ def _alter_cmd(cmd: pb.AlterTableCmd) -> AlterCmd:
     not_valid = False
     volatile = False
     concurrent = False
+    using_index = False
     if definition.HasField("constraint"):
         con = definition.constraint
         constraint_type = _enum_name(pb.ConstrType, con.contype, "CONSTR_")
         not_valid = con.skip_validation
+        using_index = bool(con.indexname)
     elif definition.HasField("column_def"):
         coldef = definition.column_def
         type_name = coldef.type_name.names[-1].string.sval if coldef.type_name.names else ""
@@ -209,6 +212,7 @@ def _alter_cmd(cmd: pb.AlterTableCmd) -> AlterCmd:
         not_valid=not_valid,
         volatile_default=volatile,
         concurrent=concurrent,
+        using_index=using_index,
     )
 
 
@@ -329,14 +333,28 @@ def _describe(node: pb.Node, *, start: int, end: int, text: str, digest: str) ->
     return Statement(**base, command=command)
 
 
-def render_index(index: IndexDef, *, name: str | None = None, concurrently: bool = True) -> str:
-    """The ``CREATE INDEX`` to send: never ``IF NOT EXISTS``; optionally under another name."""
+def render_index(
+    index: IndexDef,
+    *,
+    name: str | None = None,
+    concurrently: bool = True,
+    schema: str | None = None,
+    table: str | None = None,
+    only: bool = False,
+) -> str:
+    """The ``CREATE INDEX`` to send: never ``IF NOT EXISTS``; optionally under another name,
+    on another table (a partition, a scratch copy) or ``ON ONLY`` a partitioned parent."""
     tree = postgast.parse(index.source)
     stmt = tree.stmts[0].stmt.index_stmt
     stmt.concurrent = concurrently
     stmt.if_not_exists = False
     if name is not None:
         stmt.idxname = name
+    if table is not None:
+        stmt.relation.relname = table
+        stmt.relation.schemaname = schema or ""
+    if only:
+        stmt.relation.inh = False
     return str(postgast.deparse(pb.ParseResult(version=tree.version, stmts=[pb.RawStmt(stmt=tree.stmts[0].stmt)])))
 
 
@@ -349,6 +367,23 @@ def canonical_index(sql: str, *, default_schema: str = "public") -> str:
     stmt.idxname = "_"
     if not stmt.relation.schemaname:
         stmt.relation.schemaname = default_schema
+    if not stmt.access_method:
+        stmt.access_method = "btree"
+    return str(postgast.deparse(pb.ParseResult(version=tree.version, stmts=[pb.RawStmt(stmt=tree.stmts[0].stmt)])))
+
+
+def index_shape(sql: str) -> str:
+    """An index definition with its name and table blanked out: two definitions with equal
+    shapes index the same columns/expressions the same way (compare server-rendered forms,
+    e.g. two ``pg_get_indexdef`` results, so that implicit casts are spelled alike)."""
+    tree = postgast.parse(sql)
+    stmt = tree.stmts[0].stmt.index_stmt
+    stmt.concurrent = False
+    stmt.if_not_exists = False
+    stmt.idxname = ""
+    stmt.relation.schemaname = ""
+    stmt.relation.relname = "_"
+    stmt.relation.inh = True
     if not stmt.access_method:
         stmt.access_method = "btree"
     return str(postgast.deparse(pb.ParseResult(version=tree.version, stmts=[pb.RawStmt(stmt=tree.stmts[0].stmt)])))

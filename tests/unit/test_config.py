@@ -209,3 +209,8 @@ def test_cli_env_folders_are_used(
     (tmp_path / "other").mkdir()
     code, out, _err = _run(capsys, "check", "--migrations-dir", str(tmp_path / "other"))
     assert (code, out) == (cli.EXIT_OK, "")
+
+
+def test_bad_flag_value_names_the_real_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.run(["migrate", "--lock-wait", "-1"]) == cli.EXIT_CONFIG
+    assert "(from --lock-wait)" in capsys.readouterr().err

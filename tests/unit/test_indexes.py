@@ -186,3 +186,10 @@ def test_missing_folder(tmp_path: Path) -> None:
     specs, findings = indexes.discover(tmp_path / "nope", "nope")
     assert specs == []
     assert [f.format() for f in findings] == ["nope:1:1: E111 folder nope does not exist"]
+
+
+def test_unknown_directive_in_an_index_file_is_an_error() -> None:
+    source = sourcefiles.SourceFile("i/x.sql", "-- schemad:criticl\nCREATE INDEX a ON t (a);\n")
+    specs, found = indexes.parse_index_file(source)
+    assert [(f.code, f.line, f.col) for f in found] == [("E108", 1, 1)]
+    assert [s.critical for s in specs] == [False]

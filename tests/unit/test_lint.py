@@ -52,6 +52,8 @@ def _messages(text: str) -> list[str]:
         ("UPDATE orders SET total = 0 WHERE total IS NULL;", "W207"),
         ("DELETE FROM orders WHERE id < 10;", "W207"),
         ("COPY orders FROM '/tmp/orders.csv';", "W207"),
+        ("ALTER TABLE orders ADD CONSTRAINT orders_ref UNIQUE (ref);", "W208"),
+        ("ALTER TABLE orders ADD PRIMARY KEY (id);", "W208"),
     ],
 )
 def test_warning_rule(sql: str, code: str) -> None:
@@ -303,3 +305,19 @@ def test_rule_table_is_consistent() -> None:
     assert rules.WAIVABLE == {r.code for r in rules.RULES if r.waivable} | {
         r.name for r in rules.RULES if r.waivable
     }
+
+
+def test_constraint_using_an_existing_index_builds_nothing() -> None:
+    assert _lint("ALTER TABLE orders ADD CONSTRAINT orders_ref UNIQUE USING INDEX orders_ref_idx;\n") == []
+
+
+def test_directive_text_inside_a_function_body_is_not_a_directive() -> None:
+    text = (
+        "CREATE TABLE t (id int);\n"
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS $$\n"
+        "-- schemad:no-transaction\n"
+        "SELECT 1 $$;\n"
+    )
+    m, errs = migrations.parse_migration(sourcefiles.SourceFile("m/0001_x.sql", text), 1, "x")
+    assert errs == []
+    assert m is not None and m.transactional
