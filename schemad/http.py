@@ -131,6 +131,9 @@ def _listen(addr: str) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
         sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror}") from exc
     except BaseException:
         sock.close()
         raise

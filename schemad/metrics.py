@@ -153,7 +153,7 @@ class Metrics:
         )
         self.invalid_indexes = Gauge(
             "schemad_invalid_indexes",
-            "Registry indexes that exist but are marked invalid in the catalog.",
+            "Indexes in the target database marked invalid in the catalog (pg_index.indisvalid = false).",
             registry=registry,
         )
         self.index_drift = Gauge(
