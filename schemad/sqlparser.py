@@ -85,6 +85,8 @@ class Statement:
     alter_cmds: tuple[AlterCmd, ...] = ()
     index: IndexDef | None = None
     tokens_digest: str = ""
+    objects: tuple[str, ...] = ()  # for DROP: every target as written (schema.name or name)
+    new_name: str | None = None  # for ALTER ... RENAME TO: the new name
 
 
 class _Offsets:
@@ -164,6 +166,17 @@ def _digest(tokens: Any) -> str:
 
 def _qualified(rv: pb.RangeVar) -> str:
     return f"{rv.schemaname}.{rv.relname}" if rv.schemaname else rv.relname
+
+
+def _drop_target(obj: pb.Node) -> str:
+    """A DROP target as dotted text: ``schema.name`` for relations, the type name for types."""
+    if obj.HasField("list"):
+        return ".".join(item.string.sval for item in obj.list.items if item.HasField("string"))
+    if obj.HasField("type_name"):
+        return ".".join(n.string.sval for n in obj.type_name.names)
+    if obj.HasField("string"):
+        return str(obj.string.sval)
+    return ""
 
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str:
@@ -315,7 +328,8 @@ def _describe(node: pb.Node, *, start: int, end: int, text: str, digest: str) ->
     if kind == "drop_stmt":
         drop_type = _enum_name(pb.ObjectType, inner.remove_type, "OBJECT_")
         return Statement(
-            **base, command=f"DROP {drop_type.replace('_', ' ')}", drop_type=drop_type, concurrent=inner.concurrent
+            **base, command=f"DROP {drop_type.replace('_', ' ')}", drop_type=drop_type, concurrent=inner.concurrent,
+            objects=tuple(_drop_target(o) for o in inner.objects),
         )
     if kind == "reindex_stmt":
         concurrent = any(p.def_elem.defname == "concurrently" for p in inner.params)
@@ -325,7 +339,10 @@ def _describe(node: pb.Node, *, start: int, end: int, text: str, digest: str) ->
         return Statement(**base, command=tkind.replace("_", " "), transaction_kind=tkind)
     if kind == "rename_stmt":
         rtype = _enum_name(pb.ObjectType, inner.rename_type, "OBJECT_")
-        return Statement(**base, command=f"ALTER {rtype} RENAME", rename_type=rtype)
+        return Statement(
+            **base, command=f"ALTER {rtype} RENAME", rename_type=rtype,
+            relation=_qualified(inner.relation) if inner.HasField("relation") else None, new_name=inner.newname or None,
+        )
     if kind == "cluster_stmt":
         return Statement(**base, command=command, has_relation=inner.HasField("relation"))
     if kind in ("insert_stmt", "update_stmt", "delete_stmt", "merge_stmt"):
