@@ -23,6 +23,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_VALIDATION = 3
 EXIT_LOCK = 4
+EXIT_DIFFERENCES = 5  # `schemad verify`: the database and its history disagree
 EXIT_CONFIG = 78
 
 log = logging.getLogger("schemad.cli")
@@ -105,6 +106,53 @@ def cmd_demo(args: argparse.Namespace, settings: config.Settings) -> int:
     return demo.main(settings, keep_running=not args.once)
 
 
+def cmd_baseline(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import baseline
+
+    try:
+        lines = baseline.run(settings, version=args.baseline_version, dry_run=args.dry_run, allow_gaps=args.allow_gaps)
+    except baseline.Refused as exc:
+        _err(f"schemad: {exc.message}")
+        return EXIT_VALIDATION
+    for line in lines:
+        _out(line)
+    return EXIT_OK
+
+
+def cmd_adopt(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import adopt
+
+    for line in adopt.run(settings, dry_run=args.dry_run, out=args.out):
+        _out(line)
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import importer
+
+    try:
+        lines, clean = importer.run(
+            args.folder, migrations_dir=args.out or settings.migrations_dir,
+            indexes_dir=args.indexes_out or settings.indexes_dir, layout=args.layout, dry_run=args.dry_run,
+            waive_warnings=args.waive_warnings,
+        )
+    except importer.LegacyFolderError as exc:
+        _err(f"schemad import: {exc.message}")
+        return EXIT_VALIDATION
+    for line in lines:
+        _out(line)
+    return EXIT_OK if clean else EXIT_VALIDATION
+
+
+def cmd_verify(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import verify
+
+    lines, same = verify.run(settings, ignore=args.ignore)
+    for line in lines:
+        _out(line)
+    return EXIT_OK if same else EXIT_DIFFERENCES
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -133,6 +181,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
     "status": cmd_status,
     "run": cmd_run,
     "demo": cmd_demo,
+    "baseline": cmd_baseline,
+    "adopt": cmd_adopt,
+    "import": cmd_import,
+    "verify": cmd_verify,
 }
 
 
@@ -170,6 +222,37 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--once", action="store_true", help="apply, print the status and exit")
     p.add_argument("--metrics-addr", help="HOST:PORT for the demo daemon's endpoints")
+
+    # Adoption (docs/adopting.md): import a legacy folder, baseline, adopt indexes, verify.
+    p = sub.add_parser("baseline", help="record migrations up to N as applied without running them")
+    _common(p)
+    _db_flags(p)
+    p.add_argument("--version", dest="baseline_version", type=int, required=True, metavar="N",
+                   help="the last migration the database already has")
+    p.add_argument("--dry-run", action="store_true", help="print what would be recorded, change nothing")
+    p.add_argument("--allow-gaps", action="store_true", help="accept versions below N that no file has")
+
+    p = sub.add_parser("adopt", help="write the live database's indexes into the registry")
+    _common(p)
+    p.add_argument("what", choices=["indexes"])
+    p.add_argument("--dry-run", action="store_true", help="print what would be adopted, write nothing")
+    p.add_argument("--out", type=Path, metavar="DIR", help="registry folder to write (default: --indexes-dir)")
+
+    p = sub.add_parser("import", help="convert a Flyway/golang-migrate/dbmate/diesel folder to migrations/+indexes/")
+    _common(p)
+    p.add_argument("folder", type=Path, help="the legacy migrations folder")
+    p.add_argument("--out", type=Path, metavar="DIR", help="migrations folder to write (default: --migrations-dir)")
+    p.add_argument("--indexes-out", type=Path, metavar="DIR", help="registry folder to write (default: --indexes-dir)")
+    p.add_argument("--layout", choices=["flyway", "golang-migrate", "dbmate", "diesel", "plain"],
+                   help="the legacy layout (default: recognised from the file names)")
+    p.add_argument("--dry-run", action="store_true", help="print the report, write nothing")
+    p.add_argument("--waive-warnings", action="store_true",
+                   help="add -- schemad:allow lines for lock-safety warnings (history that already ran)")
+
+    p = sub.add_parser("verify", help="compare the live catalog with the applied history (read-only)")
+    _common(p)
+    p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="leave out objects matching this shell pattern (e.g. public.flyway_schema_history)")
     return parser
 
 
