@@ -4,7 +4,10 @@ dollar-quoted functions, enums, views, comments. Deterministic for a given N."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def _migration(i: int, rng: random.Random) -> str:
