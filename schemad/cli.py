@@ -128,7 +128,7 @@ def cmd_adopt(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
-    from schemad import importer
+    from schemad import importer, legacy
 
     try:
         lines, clean = importer.run(
@@ -136,7 +136,7 @@ def cmd_import(args: argparse.Namespace, settings: config.Settings) -> int:
             indexes_dir=args.indexes_out or settings.indexes_dir, layout=args.layout, dry_run=args.dry_run,
             waive_warnings=args.waive_warnings,
         )
-    except importer.LegacyFolderError as exc:
+    except legacy.LegacyFolderError as exc:
         _err(f"schemad import: {exc.message}")
         return EXIT_VALIDATION
     for line in lines:
