@@ -148,7 +148,9 @@ class Difference:
     note: str = ""
 
     def format(self) -> str:
-        label = "table" if self.object_type == "relation" else self.object_type
+        label = self.object_type
+        if self.object_type == "relation":  # the value starts with its kind: "view AS ...", "sequence"
+            label = (self.expected or self.actual or "table").split(" AS ", 1)[0]
         if self.kind == "history":
             return f"history: {self.note}"
         if self.kind == "missing":
