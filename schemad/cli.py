@@ -100,6 +100,12 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     return daemon.main(settings, load_settings=reload)
 
 
+def cmd_build_indexes(args: argparse.Namespace, settings: config.Settings) -> int:
+    from schemad import index_cli
+
+    return index_cli.build_indexes(settings, dry_run=args.dry_run, wait=args.wait)
+
+
 def cmd_demo(args: argparse.Namespace, settings: config.Settings) -> int:
     from schemad import demo
 
@@ -179,6 +185,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, config.Settings], int]] = {
     "new": cmd_new,
     "migrate": cmd_migrate,
     "status": cmd_status,
+    "build-indexes": cmd_build_indexes,
     "run": cmd_run,
     "demo": cmd_demo,
     "baseline": cmd_baseline,
@@ -206,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _db_flags(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan, execute nothing")
+
+    p = sub.add_parser("build-indexes", help="build, repair and check the registry's indexes concurrently")
+    _common(p)
+    _db_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                   help="--wait (default): until every index is ready or failed, waiting out throttling and "
+                   "other backends' builds; --no-wait: one pass, skipping what would have to wait")
 
     p = sub.add_parser("status", help="applied, pending, problems, lock holder, last failure")
     _common(p)
