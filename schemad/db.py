@@ -156,20 +156,28 @@ async def connect(settings: config.Settings, role: str, *, dbname: str | None = 
     redact.register_dsn(dsn)
     password = config.read_password(settings)
     redact.register(password)
-    server_settings = {
-        "application_name": application_name(role),
-        "tcp_keepalives_idle": str(settings.keepalives_idle_s),
-        "tcp_keepalives_interval": str(settings.keepalives_interval_s),
-        "tcp_keepalives_count": str(settings.keepalives_count),
-    }
+    # Only application_name travels in the startup packet: PgBouncer rejects other startup
+    # parameters ("unsupported startup parameter"), which would hide the proxy check's
+    # message; the keepalives are SET once connected instead.
+    server_settings = {"application_name": application_name(role)}
     kwargs: dict[str, Any] = {"timeout": settings.connect_timeout_s, "server_settings": server_settings}
     if password is not None:
         kwargs["password"] = password
     if dbname is not None:
         kwargs["database"] = dbname
     with translate_errors():
-        conn = await asyncpg.connect(dsn, **kwargs)
+        try:
+            conn = await asyncpg.connect(dsn, **kwargs)
+        except (ValueError, OverflowError) as exc:  # a malformed DSN (bad port, URL, option): configuration
+            text = redact.scrub(str(exc))
+            text = text if text.startswith("invalid DSN") else f"invalid DSN: {text}"
+            raise errors.ConfigError(text, key="dsn") from None
     session = Session(conn, role)
+    await session.execute(
+        f"SET tcp_keepalives_idle = {int(settings.keepalives_idle_s)}; "
+        f"SET tcp_keepalives_interval = {int(settings.keepalives_interval_s)}; "
+        f"SET tcp_keepalives_count = {int(settings.keepalives_count)}"
+    )
     if settings.connection_check_interval_s > 0:
         # PostgreSQL 14+: notice a vanished client mid-query; ignored where unsupported.
         ms = int(settings.connection_check_interval_s * 1000)

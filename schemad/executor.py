@@ -201,6 +201,9 @@ class Executor:
             f"SET LOCAL statement_timeout = '{_ms(m.directives.statement_timeout_s or s.statement_timeout_s)}ms'",
             self.lock.fence_sql(),
             *(st.text for st in m.statements),
+            # Fence again before the ledger row: if the lock went while the statements ran
+            # (a slow migration, a killed lock connection), nothing of them may commit.
+            self.lock.fence_sql(),
             self._ledger_insert_sql(m, tolerated=0),
             "COMMIT",
         ]

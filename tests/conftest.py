@@ -64,7 +64,9 @@ class Database:
             [str(self.cluster.bindir / "pg_dump"), "--schema-only", "--no-owner", *extra, self.dsn],
             capture_output=True, text=True, check=True,
         )
-        return "\n".join(line for line in res.stdout.splitlines() if not line.startswith("--"))
+        # pg_dump 15.14+ brackets its output with \restrict/\unrestrict and a random key.
+        skip = ("--", "\\restrict ", "\\unrestrict ")
+        return "\n".join(line for line in res.stdout.splitlines() if not line.startswith(skip))
 
 
 @pytest.fixture
