@@ -492,6 +492,12 @@ def render_report(result: ImportResult, problems: list[Action], *, source: str) 
     if result.index_findings:
         lines.append("index registry:")
         lines.extend(f"  {f.format()}" for f in result.index_findings)
+    table = legacy.TRACKING_TABLES.get(result.layout)
+    if table:
+        lines.append(
+            f"note: {result.layout}'s own table ({table}) stays in the database: drop it once schemad has taken "
+            f"over, or pass --ignore 'public.{table}' to `schemad verify`"
+        )
     errors = len(result.errors)
     lines.append(
         "schemad check: no errors" if not errors else f"schemad check: {errors} error(s) to fix by hand (listed above)"
@@ -526,4 +532,7 @@ def run(
     write(result, migrations_dir, indexes_dir)
     lines.append(f"wrote {len(result.migrations)} migration(s) to {migrations_dir} and "
                  f"{len(result.index_files)} registry file(s) to {indexes_dir}")
+    if result.migrations:
+        head = result.migrations[-1].name.partition("_")[0].lstrip("0")
+        lines.append(f"next, for a database that has the whole legacy history: schemad baseline --version {head}")
     return lines, result.ok

@@ -34,6 +34,15 @@ class Layout(enum.StrEnum):
     PLAIN = "plain"
 
 
+# The table each tool keeps its own history in; it stays behind after an adoption.
+TRACKING_TABLES: dict[Layout, str] = {
+    Layout.FLYWAY: "flyway_schema_history",
+    Layout.GOLANG_MIGRATE: "schema_migrations",
+    Layout.DBMATE: "schema_migrations",
+    Layout.DIESEL: "__diesel_schema_migrations",
+}
+
+
 class Act(enum.StrEnum):
     MOVED = "moved"  # an index statement went into the registry
     DROPPED = "dropped"  # DROP INDEX: the registry has no drops (reported)

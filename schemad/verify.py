@@ -146,6 +146,7 @@ class Difference:
     expected: str | None = None
     actual: str | None = None
     note: str = ""
+    registry: str | None = None  # where the registry declares this index
 
     def format(self) -> str:
         label = self.object_type
@@ -153,6 +154,11 @@ class Difference:
             label = (self.expected or self.actual or "table").split(" AS ", 1)[0]
         if self.kind == "history":
             return f"history: {self.note}"
+        if self.kind == "missing" and self.registry:
+            return (
+                f"missing index {self.name}: declared in the registry at {self.registry}, the database does not "
+                "have it (schemad build-indexes builds it)"
+            )
         if self.kind == "missing":
             what = f" ({_short(self.expected)})" if self.object_type in ("column", "constraint") else ""
             return f"missing {label} {self.name}{what}: the applied history creates it, the database does not have it" + (
@@ -211,8 +217,7 @@ def diff(
             e, a = exp.get(key), act.get(key)
             where = registry.get(key[-1]) if object_type == "index" else None
             if a is None:
-                note = f"registry index declared at {where} (schemad build-indexes builds it)" if where else ""
-                out.append(Difference(kind="missing", object_type=object_type, name=name, expected=e, note=note))
+                out.append(Difference(kind="missing", object_type=object_type, name=name, expected=e, registry=where))
             elif e is None:
                 note = "declare it with `schemad adopt indexes`, or drop it" if object_type == "index" else ""
                 out.append(Difference(kind="unexpected", object_type=object_type, name=name, actual=a, note=note))
