@@ -130,6 +130,13 @@ class Executor:
                     detail={"tolerated": [t.sqlstate for t in result.tolerated], "fast_path": result.fast_path},
                 )
                 return result
+            except errors.LockLost as exc:
+                # On record for `status` and the operator: this attempt stopped, nothing committed.
+                await self.ledger.event_quietly(
+                    self.work, kind="migration", subject=m.name, version=m.version, outcome="failed",
+                    sqlstate=FENCE_SQLSTATE, message=exc.message, attempt=attempt, detail={"reason": "lock_lost"},
+                )
+                raise
             except _Retryable as r:
                 elapsed = time.monotonic() - started
                 delay = classify.backoff_s(attempt, base_s=self.settings.retry_backoff_s, jitter=random.random())

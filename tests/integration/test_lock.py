@@ -154,6 +154,10 @@ async def test_lost_lock_stops_the_run_with_nothing_more_committed(
     assert database.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schemad.migrations") == "1"
     assert database.sql("SELECT to_regclass('slow_a') IS NULL AND to_regclass('slow_b') IS NULL") == "t"
     assert database.sql("SELECT to_regclass('after_it') IS NULL") == "t"
+    # The stopped attempt is on record, so `status` shows it as the last failure.
+    status = await commands.gather_status(settings)
+    failure = status["last_failure"]
+    assert failure is not None and failure["subject"] == "0002_slow" and failure["detail"]["reason"] == "lock_lost"
 
 
 async def test_sessions_carry_keepalives_and_the_connection_check(database: Database, folders: tuple[Path, Path]) -> None:
