@@ -233,3 +233,40 @@ async def test_lost_work_connection_reconnects_and_retries_under_the_same_lock(
     assert database.sql("SELECT to_regclass('w1') IS NOT NULL AND to_regclass('w2') IS NOT NULL") == "t"
     assert database.sql("SELECT count(*) FROM schemad.migrations") == "1"
     assert lock_pid is not None and lock_after == 0
+
+
+async def test_statement_timeout_directive_is_fatal_and_leaves_nothing(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    mdir, idir = folders
+    write_migrations(mdir, {
+        "0001_slow.sql": "-- schemad:statement-timeout=200ms\nCREATE TABLE st (id int);\nSELECT pg_sleep(5);\n",
+        "0002_next.sql": "CREATE TABLE st_next (id int);",
+    })
+    started = time.monotonic()
+    with pytest.raises(errors.MigrationFailed) as info:
+        await engine.migrate(make_settings(database.dsn, mdir, idir), validation.validate(mdir, idir))
+    assert time.monotonic() - started < 3
+    assert (info.value.sqlstate, info.value.line, info.value.reason) == ("57014", 3, "sql_error")
+    assert database.sql("SELECT to_regclass('st') IS NULL AND to_regclass('st_next') IS NULL") == "t"
+    assert database.sql("SELECT count(*) FROM schemad.migrations") == "0"
+
+
+async def test_lock_timeout_directive_raises_the_wait_for_that_file(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    mdir, idir = prepare(database, folders)
+    write_migrations(mdir, {
+        "0001_alter_busy.sql": "-- schemad:lock-timeout=1s\nALTER TABLE busy ADD COLUMN extra int;\n",
+    })
+    settings = make_settings(database.dsn, mdir, idir, lock_timeout_s=0.1, retry_max_attempts=1)
+    blocker = await open_blocker(database)
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.MigrationFailed) as info:
+            await engine.migrate(settings, validation.validate(mdir, idir))
+        waited = time.monotonic() - started
+    finally:
+        await blocker.close()
+    assert info.value.sqlstate == "55P03"
+    assert 0.9 <= waited < 3, f"waited {waited:.2f}s for a 1s file-level lock timeout (default 0.1s)"
