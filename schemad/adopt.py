@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from schemad import db, errors, indexes, sqlparser
+from schemad import db, errors, indexes, queries, sqlparser
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -166,7 +166,7 @@ async def read_live(settings: Settings) -> tuple[list[LiveIndex], str]:
     try:
         await s.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         rows = await s.fetch(LIVE_INDEXES, settings.ledger_schema, list(SYSTEM_SCHEMAS))
-        dbname = str(await s.fetchval("SELECT current_database()"))
+        dbname = str(await s.fetchval(queries.CURRENT_DATABASE))
         await s.execute("COMMIT")
     finally:
         await s.close()

@@ -12,6 +12,7 @@ read-only snapshot.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from schemad.config import Settings
     from schemad.indexes import IndexSpec
     from schemad.migrations import Migration
+
+log = logging.getLogger("schemad.verify")
 
 SCRATCH_PREFIX = "schemad_verify_"
 SYSTEM_SCHEMAS = ["pg_catalog", "information_schema", "pg_toast"]
@@ -339,10 +342,14 @@ async def _create_scratch(live: db.Session, name: str) -> None:
 
 
 async def _drop_scratch(live: db.Session, name: str) -> None:
+    """Always attempted; a failure is logged, never raised over the error that brought us here."""
     try:
         await live.execute(f"DROP DATABASE IF EXISTS {sqlparser.quote_ident(name)} WITH (FORCE)")
     except errors.SchemadError as exc:
-        raise errors.SchemadError(f"could not drop the scratch database {name}: drop it by hand") from exc
+        log.warning(
+            "could not drop the scratch database %s: drop it by hand", name,
+            extra={"event": "verify_scratch_left", "database": name, "sqlstate": getattr(exc, "sqlstate", None)},
+        )
 
 
 def _replay_failure(m: Migration, line: int, col: int, exc: errors.DatabaseError) -> Difference:

@@ -87,6 +87,12 @@ CREATE INDEX IF NOT EXISTS idx_appointments_calendar_id ON appointments (calenda
 INDEX_SCRIPT = "CREATE INDEX CONCURRENTLY idx_appointments_starts_at ON appointments (business_id, starts_at)"
 
 
+def dump(database: Database) -> str:
+    """The schema dump without pg_dump 15.14+'s per-run ``\\restrict`` key lines."""
+    lines = database.schema_dump().splitlines()
+    return "\n".join(ln for ln in lines if not ln.startswith(("\\restrict ", "\\unrestrict ")))
+
+
 def schemad(work: Path, dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
     return run_schemad(*args, env={"SCHEMAD_DSN": dsn}, cwd=work)
 
@@ -124,11 +130,11 @@ def test_legacy_database_to_schemad(database: Database, tmp_path: Path) -> None:
     assert dry.returncode == 0, dry.stderr
     assert len(dry.stdout.splitlines()) == 8
     assert all(line.endswith(": ready") for line in dry.stdout.splitlines()), dry.stdout
-    before = database.schema_dump()
+    before = dump(database)
     built = schemad(work, database.dsn, "build-indexes")
     assert built.returncode == 0, built.stderr
     assert all(line.split()[1] == "valid" and len(line.split()) == 2 for line in built.stdout.splitlines()), built.stdout
-    assert database.schema_dump() == before
+    assert dump(database) == before
 
     verified = schemad(work, database.dsn, "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -30,6 +30,12 @@ LEGACY = {
 }
 
 
+def dump(database: Database) -> str:
+    """The schema dump without pg_dump 15.14+'s per-run ``\\restrict`` key lines."""
+    lines = database.schema_dump().splitlines()
+    return "\n".join(ln for ln in lines if not ln.startswith(("\\restrict ", "\\unrestrict ")))
+
+
 def build_legacy(database: Database, folders: tuple[Path, Path], files: dict[str, str] = LEGACY) -> Settings:
     """The database as another tool left it, and schemad's files for the same history."""
     mdir, idir = folders
@@ -46,7 +52,7 @@ def state(database: Database) -> tuple[str, str]:
         rows = database.sql(
             "SELECT json_agg(m ORDER BY version)::text FROM schemad.migrations m"
         ) + database.sql("SELECT json_agg(e ORDER BY id)::text FROM schemad.events e")
-    return database.schema_dump(), rows
+    return dump(database), rows
 
 
 async def run_baseline(settings: Settings, version: int, *, dry_run: bool) -> baseline.BaselinePlan:

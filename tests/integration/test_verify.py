@@ -38,6 +38,12 @@ FILES = {
 REGISTRY = "-- Look up a customer's orders\nCREATE INDEX orders_customer_idx ON orders (customer_id);\n"
 
 
+def dump(database: Database) -> str:
+    """The schema dump without pg_dump 15.14+'s per-run ``\\restrict`` key lines."""
+    lines = database.schema_dump().splitlines()
+    return "\n".join(ln for ln in lines if not ln.startswith(("\\restrict ", "\\unrestrict ")))
+
+
 async def migrated(database: Database, folders: tuple[Path, Path]) -> Settings:
     """A database schemad migrated, with its registry index built as build-indexes would."""
     mdir, idir = folders
@@ -61,12 +67,12 @@ async def test_a_database_that_matches_its_history_has_no_difference(
     database: Database, folders: tuple[Path, Path]
 ) -> None:
     settings = await migrated(database, folders)
-    before = database.schema_dump()
+    before = dump(database)
     report = await run_verify(settings)
     assert report.differences == [], [d.format() for d in report.differences]
     assert (report.replayed, report.registry) == (2, 1)
     assert verify.render(report)[-1] == "no difference: the database matches its history"
-    assert database.schema_dump() == before
+    assert dump(database) == before
     assert scratch_left(database, report) == "0"
 
 
