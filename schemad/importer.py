@@ -304,14 +304,14 @@ class _Converter:
                         del self.registry[e.name]
                         act(Act.DROPPED, f"DROP COLUMN {cmd.column} also drops registry index {e.name}: taken "
                             "out of the imported registry")
-        for m in _USING_INDEX.finditer(body) if st.node == "alter_table_stmt" else ():
-            name = legacy.unquote(m.group("name"))
-            if name in self.registry:
-                e = self.registry.pop(name)
-                act(Act.WARNING, f"USING INDEX {name}: that index was moved to the registry, so on a new "
-                    "database this statement runs before it exists; rewrite it as ADD CONSTRAINT ... UNIQUE "
-                    "(columns). The registry entry was taken out (the constraint owns the index now)")
-                del e
+        if st.node == "alter_table_stmt":
+            for m in _USING_INDEX.finditer(body):
+                gone = self.registry.pop(legacy.unquote(m.group("name")), None)
+                if gone is not None:
+                    act(Act.WARNING, f"USING INDEX {gone.name}: that index was moved to the registry, so on a new "
+                        "database this statement runs before it exists; rewrite it as ADD CONSTRAINT ... UNIQUE "
+                        f"(columns). The registry entry from {gone.origin} was taken out (the constraint owns the "
+                        "index now)")
 
     @staticmethod
     def _segments(pieces: list[_Piece], lm: LegacyMigration) -> list[_Segment]:

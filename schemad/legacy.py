@@ -113,10 +113,12 @@ def _ints(version: str) -> tuple[int, ...]:
 
 def _layout_of(f: LegacyFile) -> Layout | None:
     top, _, rest = f.path.partition("/")
-    if rest:
-        return Layout.DIESEL if _DIESEL_DIR.match(top) and rest in ("up.sql", "down.sql", "metadata.toml") else None
-    if _FLYWAY.match(f.path):
+    if rest and _DIESEL_DIR.match(top):
+        return Layout.DIESEL if rest in ("up.sql", "down.sql", "metadata.toml") else None
+    if _FLYWAY.match(rest or f.path):  # Flyway also finds migrations in subfolders
         return Layout.FLYWAY
+    if rest:
+        return None
     if _GOLANG.match(f.path):
         return Layout.GOLANG_MIGRATE
     if _NUMBERED.match(f.path):
@@ -153,7 +155,7 @@ def recognise(files: list[LegacyFile], layout: Layout | None = None) -> Recognis
     for f in sorted(files, key=lambda x: x.path):
         name = f.path
         whole = len(f.text)
-        if layout is Layout.FLYWAY and (m := _FLYWAY.match(name)):
+        if layout is Layout.FLYWAY and (m := _FLYWAY.match(name.rpartition("/")[2])):
             prefix, ver = m.group("prefix"), m.group("ver")
             if prefix == "V" and ver:
                 migs.append(_legacy(f, ver.replace("_", "."), _ints(ver), m.group("desc"), 0, whole))

@@ -92,6 +92,12 @@ def test_flyway_versions_are_ordered_numerically_and_dotted_versions_fit_between
     assert any("repeatable" in m for m in actions(result, Act.WARNING))
 
 
+def test_flyway_migrations_in_subfolders_are_found() -> None:
+    rec = legacy.recognise(folder({"V2__b.sql": "SELECT 2;", "core/V1__a.sql": "SELECT 1;", "core/notes.txt": ""}))
+    assert [m.path for m in rec.migrations] == ["core/V1__a.sql", "V2__b.sql"]
+    assert [a.path for a in rec.actions] == ["core/notes.txt"]
+
+
 def test_golang_migrate_down_files_are_reported_not_imported() -> None:
     result = convert({
         "000001_create_users.up.sql": "CREATE TABLE users (id int);",
