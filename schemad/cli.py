@@ -310,6 +310,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except errors.LockBusy as exc:
         _err(f"schemad: {exc.message}")
         return EXIT_LOCK
+    except errors.ProxyDetected as exc:
+        # A pooled DSN is a configuration problem: systemd must not restart-loop on it.
+        _err(f"schemad: {exc.message}")
+        return EXIT_CONFIG
     except errors.SchemadError as exc:
         _err(f"schemad: {_chain(exc)}")
         if args.verbose:
@@ -321,9 +325,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _chain(exc: BaseException) -> str:
-    parts = [str(exc)]
+    """The error and its causes, skipping a cause whose text the error already quotes."""
+    text = str(exc)
     cause = exc.__cause__
     while cause is not None:
-        parts.append(str(cause))
+        if str(cause) and str(cause) not in text:
+            text += f": caused by {cause}"
         cause = cause.__cause__
-    return ": caused by ".join(parts)
+    return text

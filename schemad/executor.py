@@ -225,7 +225,9 @@ class Executor:
         except errors.DatabaseError as exc:
             await self._rollback()
             if exc.sqlstate == FENCE_SQLSTATE:
-                raise errors.LockLost("the migration lock was lost; nothing of this migration was recorded") from None
+                raise errors.LockLost(
+                    f"the migration lock was lost while applying {m.name}; nothing of {m.name} was recorded"
+                ) from None
             outcome = classify.classify(exc.sqlstate, strict=s.strict)
             if outcome in (Outcome.RETRY, Outcome.LOCK_TIMEOUT):
                 raise _Retryable(outcome, exc, None) from None
