@@ -45,9 +45,17 @@ CORE = (
     "validation",
     "sqlparser",
     "config",
+    "plan",
+    "classify",
+    "throttle",
+    "index_plan",
+    "index_report",
+    "importer",
+    "legacy",
+    "redact",
+    "errors",
 )
-OPTIONAL_CORE = ("plan", "classify", "throttle", "index_plan")
-CORE_PRESENT = [*CORE, *(m for m in OPTIONAL_CORE if (PACKAGE / f"{m}.py").exists())]
+CORE_PRESENT = list(CORE)
 
 
 def _is_type_checking(test: ast.expr) -> bool:
