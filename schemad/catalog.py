@@ -9,6 +9,7 @@ the definition the way `pg_get_indexdef` spells the real one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ from schemad.sqlparser import quote_ident, render_index
 if TYPE_CHECKING:
     from schemad.db import Session
     from schemad.indexes import IndexSpec
+
+log = logging.getLogger("schemad.indexes")
 
 SERVER_VERSION_NUM = queries.SERVER_VERSION_NUM
 PROGRESS_VISIBLE = """
@@ -193,6 +196,17 @@ class Observer:
         builders = await self._builders()
         return [await self.observe(spec, builders=builders) for spec in specs]
 
+    async def prime(self, specs: list[IndexSpec]) -> None:
+        """Render every registry definition now, before any build starts, so that no
+        transaction (not even the scratch one) opens while builds run."""
+        for spec in specs:
+            row = await self.session.fetchrow(TABLE, qualified(spec.schema, spec.table))
+            if row is not None:
+                table = TableFacts(
+                    oid=int(row["oid"]), schema=row["schema"], name=row["name"], partitioned=row["partitioned"]
+                )
+                await self.wanted_definition(spec, table)
+
     async def observe(
         self, spec: IndexSpec, *, builders: _Builders | None = None, canonical: bool = True
     ) -> Observation:
@@ -246,7 +260,7 @@ class Observer:
         """``pg_get_indexdef`` of the registry index created on an empty scratch copy of the
         table, in a transaction that is always rolled back: (definition, None) or (None, why).
 
-        Cached per run. Transient failures (a lock wait) raise; definition errors are data.
+        Cached per run; definition errors are data; a transient failure gives (None, None).
         """
         key = (spec.name, table.oid)
         if key in self._wanted:
@@ -266,9 +280,15 @@ class Observer:
             )
             await s.execute(create)
             result = (str(await s.fetchval(SCRATCH_INDEXDEF)), None)
+        except errors.ConnectionLost:
+            raise
         except errors.DatabaseError as exc:
             if exc.sqlstate is None or not exc.sqlstate.startswith(_DEFINITION_CLASSES):
-                raise
+                # A lock wait or similar: unknown this time (drift then goes unverified, and
+                # an unverified drift is reported, never acted on). Not cached.
+                log.info("cannot render %s on a scratch copy now: %s", spec.name, exc.message,
+                         extra={"event": "index_definition_unknown", "index": spec.name, "sqlstate": exc.sqlstate})
+                return None, None  # (rolled back below)
             result = (None, f"{exc.message} (SQLSTATE {exc.sqlstate})")
         finally:
             await _rollback(s)

@@ -159,7 +159,7 @@ async def reconcile(
         if all(index_plan.is_terminal(a) for a in actions):
             return report
         run = Run(settings, ctl, observer, hooks, report, our_pids, wait=wait)
-        await run.locked([a.spec for a in actions])
+        await run.run([a.spec for a in actions])
         return report
     finally:
         await ctl.close()
@@ -175,10 +175,12 @@ def _specs(source: Validation | Iterable[IndexSpec]) -> list[IndexSpec]:
     return list(source)
 
 
-# --------------------------------------------------------------------------- one run under the lock
+# --------------------------------------------------------------------------- one run
 
 
 class Run:
+    """Shared by the workers of one run: the control session, the index lock, admission."""
+
     def __init__(
         self,
         settings: Settings,
@@ -212,27 +214,49 @@ class Run:
         self.pause: throttle.PauseState | None = None
         self.paused: set[throttle.Signal] = set()
         self.index_lock: lock.AdvisoryLock | None = None
+        self._holders = 0  # workers currently holding the index lock (one session lock, shared)
+        self._lock_mutex = anyio.Lock()
         self._last_deferral_log: tuple[str, float] = ("", 0.0)
 
-    async def locked(self, specs: list[IndexSpec]) -> None:
-        """Take the index lock, (re)reconcile every index, release the lock."""
+    async def run(self, specs: list[IndexSpec]) -> None:
+        """Reconcile every index; the index lock is held only around DDL steps (`hold`)."""
         settings = self.settings
         ns = settings.lock_namespace or str(await self.ctl.fetchval(queries.CURRENT_DATABASE))
         await lock.refuse_proxy(self.ctl, allow=settings.allow_proxy)
         lock_conn = await db.connect(settings, "index-lock")
         self.our_pids.add(lock_conn.server_pid)
         try:
-            lk = lock.AdvisoryLock(lock_conn, lock.lock_key(ns, "indexes"), name="index")
-            self.report.lock_waited_s = await lk.acquire(wait_s=settings.lock_wait_s, poll_s=settings.lock_poll_s)
-            self.index_lock = lk
-            try:
-                await self._ensure_ledger(ns)
-                await self._all(specs)
-            finally:
-                await lk.release()
+            await lock.refuse_proxy(lock_conn, allow=settings.allow_proxy)
+            self.index_lock = lock.AdvisoryLock(lock_conn, lock.lock_key(ns, "indexes"), name="index")
+            await self._ensure_ledger(ns)
+            # Render every registry definition now: no transaction may open once builds run.
+            await self.observer.prime(specs)
+            await self._all(specs)
         finally:
+            if self.index_lock is not None:
+                await self.index_lock.release()
             await lock_conn.close()
             self.hooks.set_invalid_indexes(await _quietly_count(self.ctl))
+
+    async def hold(self) -> None:
+        """Take (or join) the index lock; raises `errors.LockBusy` after ``lock_wait_s``."""
+        assert self.index_lock is not None
+        async with self._lock_mutex:
+            if self._holders == 0:
+                waited = await self.index_lock.acquire(
+                    wait_s=self.settings.lock_wait_s, poll_s=self.settings.lock_poll_s
+                )
+                self.report.lock_waited_s = (self.report.lock_waited_s or 0.0) + waited
+            self._holders += 1
+
+    async def let_go(self) -> None:
+        """Leave the index lock; the last holder releases it (a waiting replica may take it)."""
+        assert self.index_lock is not None
+        with anyio.CancelScope(shield=True):
+            async with self._lock_mutex:
+                self._holders -= 1
+                if self._holders == 0:
+                    await self.index_lock.release()
 
     async def _ensure_ledger(self, ns: str) -> None:
         """The ledger's tables are created under the migration lock, briefly, if missing."""
@@ -256,9 +280,17 @@ class Run:
         # One build per table at a time: concurrent builds on one table queue on its SUE lock.
         tables: defaultdict[str, anyio.Lock] = defaultdict(anyio.Lock)
         results = {r.name: r for r in self.report.results}
-        async with anyio.create_task_group() as tg:
-            for spec in specs:  # already critical-first
-                tg.start_soon(self._one_guarded, spec, results[spec.name], limiter, tables[spec.qualified_table])
+        try:
+            async with anyio.create_task_group() as tg:
+                for spec in specs:  # already critical-first
+                    tg.start_soon(self._one_guarded, spec, results[spec.name], limiter, tables[spec.qualified_table])
+        except BaseExceptionGroup as group:
+            # A worker's schemad error (LockBusy, LockLost, ConnectionLost...) ends the run:
+            # raise it as itself so that callers (the CLI's exit codes) see what it is.
+            leaves = _leaves(group)
+            if leaves and all(isinstance(e, errors.SchemadError) for e in leaves):
+                raise leaves[0] from None
+            raise
 
     async def _one_guarded(
         self, spec: IndexSpec, result: IndexResult, limiter: anyio.CapacityLimiter, table_lock: anyio.Lock
@@ -273,14 +305,15 @@ class Run:
 
     # ---- shared services for workers
 
-    async def observe(self, spec: IndexSpec) -> index_plan.Observation:
+    async def observe(self, spec: IndexSpec, *, fenced: bool) -> index_plan.Observation:
         async with self.ctl_lock:
-            assert self.index_lock is not None
-            await self.index_lock.fence(self.ctl)  # never act without the lock
+            if fenced:
+                assert self.index_lock is not None
+                await self.index_lock.fence(self.ctl)  # never act without the lock
             return await self.observer.observe(spec)
 
-    async def admit(self, spec: IndexSpec, table_oid: int | None) -> throttle.Defer | None:
-        """Wait for admission (or, without ``wait``, return the deferral)."""
+    async def admit(self, spec: IndexSpec, table_oid: int | None, *, once: bool = False) -> throttle.Defer | None:
+        """Wait for admission (or, without ``wait`` or with ``once``, return the deferral)."""
         relids = frozenset({table_oid}) if table_oid is not None else frozenset()
         while True:
             async with self.ctl_lock:
@@ -295,7 +328,7 @@ class Run:
                 return None
             self._set_paused(decision.signal)
             self._log_deferral(spec, decision)
-            if not self.wait:
+            if once or not self.wait:
                 return decision
             await anyio.sleep(self.settings.throttle_poll_s)
 
@@ -342,6 +375,13 @@ class Run:
                     )
                 except errors.SchemadError as exc:
                     log.warning("could not record the attempt: %s", exc, extra={"event": "index_record_failed"})
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def _quietly_count(s: db.Session) -> int:

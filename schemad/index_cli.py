@@ -73,12 +73,16 @@ class RichHooks(index_builder.NoHooks):
 
     def _task(self, index: str) -> TaskID:
         if index not in self._tasks:
-            self._tasks[index] = self.progress.add_task(index, total=100, status="")
+            # The clock starts when the build does, not when the index is first seen.
+            self._tasks[index] = self.progress.add_task(index, total=100, status="", start=False)
         return self._tasks[index]
 
     def set_index_state(self, index: str, state: index_plan.State) -> None:
+        task = self._task(index)
+        if state == "building":
+            self.progress.start_task(task)
         done = 100 if state in ("valid", "failed", "drift") else None
-        self.progress.update(self._task(index), status=state, completed=done)
+        self.progress.update(task, status=state, completed=done)
 
     def set_index_progress(self, index: str, ratio: float) -> None:
         self.progress.update(self._task(index), completed=ratio * 100)
@@ -167,11 +171,7 @@ async def index_status(
         builds = {r["name"]: r for r in await session.fetch(ledger.sql(catalog.INDEX_BUILDS))}
     out: list[dict[str, Any]] = []
     for spec in specs:
-        try:
-            o = await observer.observe(spec)
-        except errors.DatabaseError:
-            # The scratch rendering hit a lock wait: report without the server's spelling.
-            o = await observer.observe(spec, canonical=False)
+        o = await observer.observe(spec)
         action = index_plan.next_step(o, replace_drifted=False)
         row = builds.get(o.spec.name, {})
         state = index_plan.state_of(action)

@@ -66,13 +66,17 @@ class Worker:
         self.watch: db.Session | None = None  # the watchdog's progress reads
         self.failures = 0
         self.failed = False
-        self.admitted = False
+        self.admitted_at: float | None = None  # when admission was last granted
+        self.leased = False  # holding (a share of) the index lock
+        self.backoff_due = False
         self.started = time.monotonic()
         self._waiting_logged: int | None = None
 
     async def run_step_loop(self) -> None:
+        # The index lock is held only across consecutive DDL steps; it is let go before
+        # anything that waits (admission, another backend's build, a retry's backoff).
         while True:
-            obs = await self.shared.observe(self.spec)
+            obs = await self.shared.observe(self.spec, fenced=self.leased)
             action = index_plan.next_step(obs, replace_drifted=self.settings.index_replace_drifted, failed=self.failed)
             index_report.settle(self.result, action)
             self.hooks.set_index_state(self.spec.name, index_plan.state_of(action))
@@ -80,19 +84,27 @@ class Worker:
             if index_plan.is_terminal(action):
                 return
             if isinstance(action, WaitForOtherBuilder):
+                await self._lease(False)
                 if not await self._wait_for_other(action):
                     return
                 continue
             table_oid = _admission_target(action)
-            if table_oid is not False and not self.admitted:
+            if table_oid is not False and not self._admitted():
+                if self.leased and await self.shared.admit(self.spec, table_oid, once=True) is None:
+                    self.admitted_at = time.monotonic()
+                    continue
+                await self._lease(False)
                 deferred = await self.shared.admit(self.spec, table_oid)
                 if deferred is not None:  # only without --wait
                     self.result.state = "pending"
                     self.result.detail = f"deferred: {deferred.reason}"
                     self.hooks.set_index_state(self.spec.name, "pending")
                     return
-                self.admitted = True
-                continue  # observe again: the catalog may have moved while we were deferred
+                self.admitted_at = time.monotonic()
+                continue  # take the lock, then observe again: the catalog may have moved
+            if not self.leased:
+                await self._lease(True)
+                continue  # observe again under the lock before acting
             try:
                 if not await self._act(action):
                     return
@@ -104,7 +116,26 @@ class Worker:
                 if self.failures >= self.settings.index_retry_attempts:
                     self.failed = True
                     continue
+                self.backoff_due = True
+            if self.backoff_due:
+                self.backoff_due = False
+                await self._lease(False)
                 await self._backoff()
+
+    def _admitted(self) -> bool:
+        """Admission holds for the next build only, and only while fresh."""
+        return (
+            self.admitted_at is not None
+            and time.monotonic() - self.admitted_at <= max(self.settings.throttle_poll_s, 1.0)
+        )
+
+    async def _lease(self, hold: bool) -> None:
+        if hold and not self.leased:
+            await self.shared.hold()
+            self.leased = True
+        elif not hold and self.leased:
+            self.leased = False
+            await self.shared.let_go()
 
     async def run(self) -> None:
         self.started = time.monotonic()
@@ -112,6 +143,7 @@ class Worker:
             await self.run_step_loop()
         finally:
             self.result.duration_s = time.monotonic() - self.started
+            await self._lease(False)
         if self.result.state == "valid":
             log.info("%s is valid", self.spec.name, extra={"event": "index_ready", "index": self.spec.name})
 
@@ -169,7 +201,7 @@ class Worker:
         self.hooks.set_index_state(name, "building")
         self.hooks.set_index_progress(name, 0.0)
         step = await self._with_watchdog(work, action.sql)
-        self.admitted = False
+        self.admitted_at = None  # the next build is admitted afresh
         return await self._after_build(step, action.name, action.sql, action.purpose, attempt=attempt)
 
     async def _after_build(
@@ -192,6 +224,13 @@ class Worker:
         assert err is not None
         verdict = index_plan.on_error(err.sqlstate, watchdog_cancelled=step.watchdog is not None)
         self.result.sqlstate, self.result.error = err.sqlstate, err.message
+        if step.watchdog is not None:
+            w = step.watchdog
+            self.result.error = (
+                f"{err.message}: cancelled after waiting {w['waited_s']}s ({w['phase']}) for pid "
+                f"{w['current_locker_pid']} ({w['locker_application_name']}, {w['locker_state']}, "
+                f"transaction age {w['locker_age_s']}s)"
+            )
         if isinstance(err, errors.ConnectionLost):
             await self._drop_sessions()  # the server may still be building: observe, never assume
         log.warning(
@@ -209,7 +248,7 @@ class Worker:
             if self.failures < self.settings.index_retry_attempts:
                 self.hooks.index_build_finished("retried")
                 await self.shared.record(spec, outcome="retry", attempt=attempt, step=step, detail=detail, build_row=True)
-                await self._backoff()
+                self.backoff_due = True
                 return True
         # FAIL, FAIL_NOW, or retries exhausted: the plan drops the leftover next, at once.
         self.failed = True
@@ -248,7 +287,7 @@ class Worker:
             self.result.sqlstate, self.result.error = step.error.sqlstate, f"could not drop {idx.name}: {step.error.message}"
             self.hooks.set_index_state(self.spec.name, "failed")
             return False
-        await self._backoff()
+        self.backoff_due = True
         return True
 
     async def _short_step(self, work: db.Session, sql: str, outcome: str, what: str) -> bool:

@@ -6,6 +6,7 @@ a partitioned index per partition."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -293,6 +294,8 @@ async def test_idle_in_transaction_defers_admission_until_it_ends(
             await hooks.until(lambda: ("idle_in_transaction", True) in hooks.paused)
             assert hooks.states["t_a_idx"][-1] == "absent"
             assert index_row(database, "t_a_idx") == ""  # deferred: nothing started
+            # ... and the index lock is not held while deferred: it is held only to build.
+            assert database.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == "0"
             await tx.rollback()
     finally:
         await idle.close()
@@ -333,8 +336,9 @@ async def test_two_reconcilers_build_each_index_once(database: Database, folders
     assert all(r.all_ready for r in reports)
     for name in ("t_a_idx", "t_ab_idx"):
         assert index_events(database, name) == ["built"]  # built once, by one of them
-    built = [r for r in reports if any(x.actions for x in r.results)]
-    assert len(built) == 1
+    # The lock is held per build, so the two may share the work, but never duplicate it.
+    assert sorted(a for r in reports for x in r.results for a in x.actions) == ["built", "built"]
+    assert all(r.lock_waited_s is not None for r in reports)
 
 
 async def test_migration_lock_poller_during_a_build_causes_no_deadlock(
@@ -514,3 +518,41 @@ async def test_partitioned_table_index_is_built_per_partition_and_attached(
         f"CREATE INDEX CONCURRENTLY ev_v_idx_ev_{y} ON public.ev_{y} USING btree (v)" for y in (2024, 2025, 2026)
     ]
     assert (await index_builder.reconcile(settings, val)).all_ready
+
+
+async def test_cancelling_a_run_mid_build_stops_the_build_and_releases_the_lock(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    database.sql("CREATE TABLE t (id int, a int, b int); INSERT INTO t SELECT g, g, g FROM generate_series(1, 1000) g;")
+    registry(folders[1], "CREATE INDEX t_a_idx ON t (a);\n")
+    settings = index_settings(database, folders, throttle_max_idle_in_transaction_s=3600.0)
+    val = validate(settings)
+    locker = await asyncpg.connect(database.dsn)
+    tx = locker.transaction()
+    await tx.start()
+    await locker.execute("UPDATE t SET b = b WHERE id = 1")  # holds the build in its first wait
+    hooks = Recorder()
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(index_builder.reconcile, settings, val, hooks=hooks))
+                await hooks.until(lambda: "waiting for writers before build" in hooks.phases["t_a_idx"])
+                tg.cancel_scope.cancel()  # shutdown: cancel here
+        # The server-side build is cancelled with the run, the lock and sessions released.
+        await until_sql(
+            locker,
+            "SELECT count(*) = 0 FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'schemad:%'",
+        )
+        assert await locker.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+        assert await locker.fetchval("SELECT count(*) FROM pg_stat_progress_create_index") == 0
+    finally:
+        await tx.rollback()
+        await locker.close()
+    assert hooks.finished == ["cancelled"]
+    assert index_row(database, "t_a_idx").startswith("false|false|")  # the leftover the next run repairs
+
+    again = await index_builder.reconcile(settings, val)
+
+    assert result(again, "t_a_idx").state == "valid"
+    assert index_events(database, "t_a_idx") == ["dropped", "built"]
