@@ -3,6 +3,7 @@ the endpoints printed; everything removed again on exit or Ctrl-C."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from typing import TYPE_CHECKING
 
@@ -24,8 +25,6 @@ def main(settings: Settings, *, keep_running: bool) -> int:
     _say("starting a throwaway PostgreSQL ...")
     cluster = pgcluster.create()
     try:
-        import subprocess
-
         subprocess.run(
             ["psql", cluster.dsn(), "-X", "-q", "-c", "CREATE DATABASE schemad_demo"], check=True, capture_output=True
         )
@@ -46,22 +45,17 @@ def _once(settings: Settings) -> int:
     val = validation.validate(settings.migrations_dir, settings.indexes_dir, strict=settings.strict)
     report = anyio.run(lambda: engine.migrate(settings, val), backend="asyncio")
     _say(f"applied {len(report.applied)} migration(s)")
-    try:
-        from schemad import index_builder
-    except ImportError:  # pragma: no cover - the index reconciler is optional in this build
-        index_builder = None  # type: ignore[assignment]
-    if index_builder is not None:
-        anyio.run(lambda: index_builder.reconcile(settings, val), backend="asyncio")
+    from schemad import index_builder
+
+    anyio.run(lambda: index_builder.reconcile(settings, val), backend="asyncio")
     data = anyio.run(lambda: commands.gather_status(settings), backend="asyncio")
     _say(commands.render_status(data))
     return 0
 
 
 def _run_daemon(settings: Settings) -> int:
-    try:
-        from schemad import daemon
-    except ImportError:
-        return _once(settings)
+    from schemad import daemon
+
     addr = settings.metrics_addr
 
     def on_ready() -> None:
