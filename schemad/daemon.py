@@ -106,6 +106,8 @@ class Daemon:
         self.wake = Wake()
         self.index_wake = Wake()
         self.on_ready: Callable[[], None] | None = None
+        # Run before a forced exit (second SIGINT): only quick, synchronous cleanup.
+        self.on_force_exit: Callable[[], None] | None = None
         self.bound: tuple[str, int] | None = None
 
     # ------------------------------------------------------------------ tree
@@ -138,6 +140,8 @@ class Daemon:
                     continue
                 if stopping and signum == signal.SIGINT:
                     log.warning("second SIGINT: exiting at once", extra={"event": "daemon_forced_exit"})
+                    if self.on_force_exit is not None:
+                        self.on_force_exit()
                     os._exit(130)
                 stopping = True
                 log.info("%s: shutting down", signal.Signals(signum).name, extra={"event": "daemon_stopping"})
@@ -306,10 +310,16 @@ def _summary(doc: dict[str, Any], error: str | None) -> str:
     return f"{head}, up to date; indexes {valid}/{len(idx)} valid"
 
 
-def main(settings: Settings, *, load_settings: Callable[[], Settings] | None = None,
-         on_ready: Callable[[], None] | None = None) -> int:
+def main(
+    settings: Settings,
+    *,
+    load_settings: Callable[[], Settings] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_force_exit: Callable[[], None] | None = None,
+) -> int:
     daemon = Daemon(load_settings or (lambda: settings))
     daemon.on_ready = on_ready
+    daemon.on_force_exit = on_force_exit
     started = time.monotonic()
     anyio.run(daemon.run, backend="asyncio")
     log.info("exiting", extra={"event": "daemon_exit", "uptime_s": round(time.monotonic() - started, 1)})

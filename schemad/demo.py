@@ -32,7 +32,7 @@ def main(settings: Settings, *, keep_running: bool) -> int:
         _say(f"PostgreSQL {cluster.bindir.parent.name} running at {dsn} (data in {cluster.datadir})")
         demo_settings = settings.model_copy(update={"dsn": SecretStr(dsn)})
         if keep_running:
-            return _run_daemon(demo_settings)
+            return _run_daemon(demo_settings, cluster)
         return _once(demo_settings)
     except KeyboardInterrupt:
         return 0
@@ -53,7 +53,7 @@ def _once(settings: Settings) -> int:
     return 0
 
 
-def _run_daemon(settings: Settings) -> int:
+def _run_daemon(settings: Settings, cluster: pgcluster.Cluster) -> int:
     from schemad import daemon
 
     addr = settings.metrics_addr
@@ -64,4 +64,8 @@ def _run_daemon(settings: Settings) -> int:
         _say("Try: curl -s http://" + addr + "/status | python3 -m json.tool")
         _say("Press Ctrl-C to stop and clean up.")
 
-    return daemon.main(settings, on_ready=on_ready)
+    def on_force_exit() -> None:
+        _say("forced exit: removing the throwaway PostgreSQL ...")
+        cluster.destroy()
+
+    return daemon.main(settings, on_ready=on_ready, on_force_exit=on_force_exit)
