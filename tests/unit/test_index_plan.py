@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import get_args
 
-from schemad import index_plan, indexes, sourcefiles
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemad import index_builder, index_plan, indexes, metrics, sourcefiles, throttle
 from schemad.index_plan import (
     Attach,
     Build,
@@ -296,3 +299,24 @@ def test_progress_ratio_follows_the_phases() -> None:
                                                  (150010, False)])
 def test_postgres_14_0_to_14_3_is_unsafe(version: int, unsafe: bool) -> None:
     assert index_plan.unsafe_cic_version(version) is unsafe
+
+
+def test_metrics_hooks_drive_the_prometheus_metrics() -> None:
+    registry = CollectorRegistry()
+    hooks = index_builder.MetricsHooks(metrics.Metrics(registry))
+    hooks.set_index_state("t_a_idx", "building")
+    hooks.set_index_progress("t_a_idx", 0.5)
+    assert registry.get_sample_value("schemad_index_build_progress_ratio", {"index": "t_a_idx"}) == 0.5
+    hooks.set_index_state("t_a_idx", "drift")
+    hooks.index_build_finished("retried")
+    hooks.set_throttle_paused("idle_in_transaction", True)
+    hooks.set_invalid_indexes(2)
+    assert registry.get_sample_value("schemad_index_state", {"index": "t_a_idx", "state": "drift"}) == 1
+    assert registry.get_sample_value("schemad_index_drift", {"index": "t_a_idx"}) == 1
+    assert registry.get_sample_value("schemad_index_builds_total", {"outcome": "retried"}) == 1
+    assert registry.get_sample_value("schemad_throttle_paused", {"signal": "idle_in_transaction"}) == 1
+    assert registry.get_sample_value("schemad_invalid_indexes") == 2
+    # Every value the reconciler can report is a label value the metrics accept.
+    assert set(get_args(index_plan.State)) == set(metrics.INDEX_STATES)
+    assert set(throttle.SIGNALS) == set(metrics.THROTTLE_SIGNALS)
+    assert set(get_args(index_builder.BuildOutcome)) == set(metrics.INDEX_BUILD_OUTCOMES)
