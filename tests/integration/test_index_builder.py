@@ -556,3 +556,41 @@ async def test_cancelling_a_run_mid_build_stops_the_build_and_releases_the_lock(
 
     assert result(again, "t_a_idx").state == "valid"
     assert index_events(database, "t_a_idx") == ["dropped", "built"]
+
+
+async def test_an_index_another_backend_is_building_is_waited_for_not_dropped(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    database.sql("CREATE TABLE t (id int, a int, b int); INSERT INTO t SELECT g, g, g FROM generate_series(1, 1000) g;")
+    registry(folders[1], "CREATE INDEX t_a_idx ON t (a);\n")
+    settings = index_settings(database, folders, throttle_max_idle_in_transaction_s=3600.0)
+    val = validate(settings)
+    writer = await asyncpg.connect(database.dsn)
+    foreign = await asyncpg.connect(database.dsn, server_settings={"application_name": "test-foreign"})
+    tx = writer.transaction()
+    await tx.start()
+    await writer.execute("UPDATE t SET b = b WHERE id = 1")  # holds the foreign build in its first wait
+    hooks = Recorder()
+    out: dict[str, index_builder.Report] = {}
+
+    async def run() -> None:
+        out["report"] = await index_builder.reconcile(settings, val, hooks=hooks)
+
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(foreign.execute, "CREATE INDEX CONCURRENTLY t_a_idx ON t (a)")
+                await until_sql(writer, "SELECT count(*) > 0 FROM pg_stat_progress_create_index")
+                one_pass = await index_builder.reconcile(settings, val, wait=False)
+                r = result(one_pass, "t_a_idx")
+                assert r.state == "building" and r.detail is not None
+                assert f"pid {foreign.get_server_pid()} (test-foreign)" in r.detail
+                tg.start_soon(run)
+                await hooks.until(lambda: "building" in hooks.states["t_a_idx"])
+                await tx.rollback()  # the foreign build goes on and finishes
+    finally:
+        await writer.close()
+        await foreign.close()
+
+    assert result(out["report"], "t_a_idx").state == "valid"
+    assert index_events(database, "t_a_idx") == []  # waited for it; never dropped or rebuilt it
