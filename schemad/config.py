@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     index_max_lock_wait_s: float = Field(600.0, gt=0)
     index_retry_attempts: int = Field(3, ge=1)
     index_replace_drifted: bool = False
+    # The daemon retries a failed build (e.g. a unique index over duplicate data) only after
+    # this long, or at once after SIGHUP / a file change.
+    index_failed_retry_s: float = Field(3600.0, ge=0)
     allow_unsafe_pg14: bool = False
     index_retry_backoff_s: float = Field(DEFAULT_INDEX_RETRY_BACKOFF_S, ge=0)
     index_progress_poll_s: float = Field(2.0, gt=0)

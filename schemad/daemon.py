@@ -105,6 +105,7 @@ class Daemon:
         self.state = State()
         self.wake = Wake()
         self.index_wake = Wake()
+        self.index_retry_after: dict[str, float] = {}  # failed index → monotonic time to retry
         self.on_ready: Callable[[], None] | None = None
         # Run before a forced exit (second SIGINT): only quick, synchronous cleanup.
         self.on_force_exit: Callable[[], None] | None = None
@@ -136,6 +137,7 @@ class Daemon:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._reload()
+                    self.index_retry_after.clear()
                     self.wake.set("sighup")
                     continue
                 if stopping and signum == signal.SIGINT:
@@ -200,6 +202,7 @@ class Daemon:
 
         paths = [p for p in (self.settings.migrations_dir, self.settings.indexes_dir) if p.exists()]
         async for _changes in watchfiles.awatch(*paths, debounce=200, recursive=False):
+            self.index_retry_after.clear()
             self.wake.set("files")
 
     # ------------------------------------------------------------------ cycles
@@ -292,10 +295,23 @@ class Daemon:
             val = validation.validate(s.migrations_dir, s.indexes_dir, strict=s.strict)
             if not val.ok:
                 continue
+            now = time.monotonic()
+            # A failed build (duplicates in the data, a bad definition) is not retried every
+            # cycle: it waits index_failed_retry_s, or for SIGHUP / a file change.
+            specs = [i for i in val.indexes if self.index_retry_after.get(i.name, 0.0) <= now]
             try:
-                await index_builder.reconcile(s, val, hooks=index_builder.MetricsHooks(self.metrics))
+                report = await index_builder.reconcile(s, specs, hooks=index_builder.MetricsHooks(self.metrics))
+            except errors.LockBusy:
+                log.info("another replica is building indexes", extra={"event": "index_lock_busy"})
             except errors.SchemadError as exc:
                 log.error("index reconcile failed: %s", redact.scrub(exc.message), extra={"event": "index_cycle_failed"})
+            else:
+                for r in report.failed:
+                    self.index_retry_after[r.name] = time.monotonic() + s.index_failed_retry_s
+                log.info(
+                    "index pass", extra={"event": "index_pass", "indexes": len(specs),
+                                         "cooling_down": len(val.indexes) - len(specs), "failed": len(report.failed)},
+                )
             await self._refresh(val)
 
 

@@ -110,7 +110,7 @@ def test_failing_migration_reports_and_recovers(tmp_path: Path, database: Databa
             # Fix the file; the next trigger recovers.
             bad.write_text("CREATE TABLE ok_part (id int);\n")
             d.signal(signal.SIGHUP)
-            wait_for(lambda: d.get("/readyz")[0] == 200, timeout_s=10, what="recovery after the fix")
+            wait_for(lambda: d.get("/readyz")[0] == 200, timeout_s=30, what="recovery after the fix")
             assert d.sample("schemad_migration_last_run_success") == 1.0
             wait_for(lambda: n.has("READY=1"), timeout_s=5, what="READY=1 after recovery")
         finally:
@@ -139,3 +139,33 @@ def test_bad_config_exits_78(tmp_path: Path, database: Database) -> None:
     res = run_schemad("run", "--config", "schemad.toml", env={"SCHEMAD_DSN": database.dsn}, cwd=work)
     assert res.returncode == 78
     assert "lock_timeout_s" in res.stderr and "schemad.toml" in res.stderr
+
+
+def test_failed_index_is_not_rebuilt_every_cycle_until_sighup(tmp_path: Path, database: Database) -> None:
+    from tests.conftest import run_schemad
+
+    work = _workdir(tmp_path)
+    (work / "migrations" / "0100_dups.sql").write_text(
+        "-- schemad:allow=data-change duplicates make the unique index fail\n"
+        "CREATE TABLE dups (k int);\nINSERT INTO dups SELECT 1 FROM generate_series(1, 3);\n"
+    )
+    (work / "indexes" / "dups.sql").write_text("CREATE UNIQUE INDEX dups_k_key ON dups (k);\n")
+    failed = "SELECT count(*) FROM schemad.events WHERE kind = 'index' AND subject = 'dups_k_key' AND outcome = 'failed'"
+    with notify_socket(tmp_path) as n:
+        d = start_daemon(database.dsn, work, n)
+        try:
+            wait_for(lambda: database.sql(failed) == "1", timeout_s=30, what="the first failed build")
+            assert d.sample('schemad_index_state{index="dups_k_key",state="failed"}') == 1.0
+            # Another process applies a migration: its NOTIFY runs a full cycle here ...
+            (work / "migrations" / "0101_more.sql").write_text("CREATE TABLE more_t (id int);\n")
+            res = run_schemad("migrate", env={"SCHEMAD_DSN": database.dsn}, cwd=work)
+            assert res.returncode == 0, res.stderr
+            wait_for(lambda: json.loads(d.get("/status")[1]).get("schema_version") == 101, timeout_s=10,
+                     what="the daemon saw 0101 through NOTIFY")
+            wait_for(lambda: "cooling_down=1" in d.log(), timeout_s=10, what="an index pass that skipped it")
+            # ... but the failed index waits for its retry time instead of failing again.
+            assert database.sql(failed) == "1"
+            d.signal(signal.SIGHUP)
+            wait_for(lambda: database.sql(failed) == "2", timeout_s=30, what="the retry after SIGHUP")
+        finally:
+            assert d.stop() == 0
