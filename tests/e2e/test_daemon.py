@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import subprocess
+import time
 import shutil
 import signal
 from typing import TYPE_CHECKING
@@ -169,3 +171,52 @@ def test_failed_index_is_not_rebuilt_every_cycle_until_sighup(tmp_path: Path, da
             wait_for(lambda: database.sql(failed) == "2", timeout_s=30, what="the retry after SIGHUP")
         finally:
             assert d.stop() == 0
+
+
+def test_sigterm_during_index_build_exits_zero_and_next_start_repairs(tmp_path: Path, database: Database) -> None:
+    work = _workdir(tmp_path)
+    (work / "indexes" / "big.sql").write_text("CREATE INDEX big_v_idx ON big (v);\n")
+    database.sql("CREATE TABLE big (id int, v int)")
+    # An open writer: the concurrent build waits for it ("waiting for writers") until stopped.
+    blocker = subprocess.Popen(
+        ["psql", database.dsn, "-X", "-q", "-c", "BEGIN; INSERT INTO big VALUES (1, 1); SELECT pg_sleep(120);"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        wait_for(lambda: database.sql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE c.relname = 'big' AND l.mode = 'RowExclusiveLock' AND l.granted") != "0",
+            timeout_s=10, what="the writer's lock")
+        with notify_socket(tmp_path) as n:
+            d = start_daemon(database.dsn, work, n, extra_env={"SCHEMAD_SHUTDOWN_GRACE_S": "10"})
+            try:
+                wait_for(lambda: database.sql("SELECT count(*) FROM pg_stat_progress_create_index") != "0",
+                         timeout_s=30, what="a concurrent build waiting for the writer")
+                start = time.monotonic()
+                assert d.stop(timeout_s=15) == 0
+                took = time.monotonic() - start
+            finally:
+                d.stop()
+        assert took < 10, f"shutdown took {took:.1f}s"
+        assert database.sql("SELECT count(*) FROM pg_stat_progress_create_index") == "0"
+        assert database.sql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'big_v_idx'::regclass") == "f", (
+            "an interrupted concurrent build leaves an invalid index"
+        )
+    finally:
+        # End the writer's session on the server (killing psql alone leaves its backend sleeping).
+        database.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()"
+        )
+        blocker.wait()
+    with notify_socket(tmp_path) as n:
+        d2 = start_daemon(database.dsn, work, n)
+        try:
+            wait_for(lambda: database.sql(
+                "SELECT coalesce(bool_and(indisvalid), false) FROM pg_index "
+                "WHERE indexrelid = to_regclass('big_v_idx')") == "t", timeout_s=30, what="the repair")
+            assert database.sql(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'big_v_idx%' AND relkind = 'i'"
+            ) == "1"
+        finally:
+            assert d2.stop() == 0
