@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
-import time
 import shutil
 import signal
+import subprocess
+import time
 from typing import TYPE_CHECKING
 
 import pytest
