@@ -121,7 +121,7 @@ async def _apply_locked(
     ex = Executor(work, ledger, lk, executor_settings(settings), reconnect=reconnect, hooks=hooks)
     try:
         for m in p.pending:
-            await lk.fence(ex.work)
+            # No separate fence round trip: every path of `apply` fences inside its transaction.
             result = await ex.apply(m)
             report.applied.append(result)
             log.info(

@@ -2,10 +2,11 @@
 statement, the SQLSTATE table deciding what a failure means, lock-safe timeouts and retries.
 
 Fast path: a transactional migration first travels as one round trip (BEGIN, timeouts,
-fence, statements, ledger row, COMMIT). Any error rolls all of it back; the migration is
-then run statement by statement under savepoints, which classifies the error exactly
-(tolerated "already exists", retry, or fatal) with the statement's position. Either way,
-commit or nothing.
+fence, statements, fence, ledger row, `applied` event, COMMIT). Any error rolls all of it
+back; the migration is then run statement by statement under savepoints, which classifies
+the error exactly (tolerated "already exists", retry, or fatal) with the statement's
+position. Either way, commit or nothing: the ledger row and the `applied` event commit
+with the migration's statements or not at all.
 """
 
 from __future__ import annotations
@@ -122,13 +123,9 @@ class Executor:
             try:
                 # The fast path only on the first attempt: after any failure, savepoints
                 # name the exact statement (and its table's blockers) on every retry.
-                result = await self._attempt(m, lock_timeout_s=lock_timeout_s, fast=attempt == 1)
+                # The `applied` event travels inside the migration's own transaction.
+                result = await self._attempt(m, lock_timeout_s=lock_timeout_s, attempt=attempt)
                 result.attempts = attempt
-                await self.ledger.event_quietly(
-                    self.work, kind="migration", subject=m.name, version=m.version, outcome="applied",
-                    duration_s=result.duration_s, attempt=attempt,
-                    detail={"tolerated": [t.sqlstate for t in result.tolerated], "fast_path": result.fast_path},
-                )
                 return result
             except errors.LockLost as exc:
                 # On record for `status` and the operator: this attempt stopped, nothing committed.
@@ -174,15 +171,15 @@ class Executor:
 
     # ------------------------------------------------------------------ attempts
 
-    async def _attempt(self, m: Migration, *, lock_timeout_s: float, fast: bool) -> ApplyResult:
+    async def _attempt(self, m: Migration, *, lock_timeout_s: float, attempt: int) -> ApplyResult:
         try:
             if not m.transactional:
-                return await self._run_autocommit(m, lock_timeout_s)
-            if self.settings.fast_path and fast:
+                return await self._run_autocommit(m, lock_timeout_s, attempt)
+            if self.settings.fast_path and attempt == 1:
                 one_trip = await self._run_fast(m, lock_timeout_s)
                 if one_trip is not None:
                     return one_trip
-            return await self._run_savepoints(m, lock_timeout_s)
+            return await self._run_savepoints(m, lock_timeout_s, attempt)
         except errors.ConnectionLost as exc:
             return await self._after_connection_loss(m, exc)
 
@@ -192,7 +189,8 @@ class Executor:
             raise exc
         self.work = await self._reconnect()
         await self.lock.fence(self.work)  # raises LockLost if the lock went with it
-        # A COMMIT may have reached the server before the connection died.
+        # A COMMIT may have reached the server before the connection died (its `applied`
+        # event committed with it).
         if any(a.version == m.version for a in await self.ledger.applied(self.work)):
             return ApplyResult(
                 version=m.version, name=m.name, duration_s=0.0, statements_run=0, attempts=1, applied_by_other=True
@@ -212,6 +210,7 @@ class Executor:
             # (a slow migration, a killed lock connection), nothing of them may commit.
             self.lock.fence_sql(),
             self._ledger_insert_sql(m, tolerated=0),
+            self._applied_event_sql(m),
             "COMMIT",
         ]
         if m.directives.lock_timeout_s is not None:
@@ -237,7 +236,7 @@ class Executor:
             statements_run=len(m.statements), attempts=1, fast_path=True,
         )
 
-    async def _run_savepoints(self, m: Migration, lock_timeout_s: float) -> ApplyResult:
+    async def _run_savepoints(self, m: Migration, lock_timeout_s: float, attempt: int) -> ApplyResult:
         s = self.settings
         w = self.work
         started = time.monotonic()
@@ -277,6 +276,7 @@ class Executor:
                 self.ledger.sql(queries.INSERT_MIGRATION), m.version, m.name, m.checksum, duration, db.HOSTNAME,
                 os.getpid(), len(m.statements), len(tolerated), True,
             )
+            await self._record_applied(m, duration, attempt, tolerated, fast_path=False)
             await w.execute("COMMIT")
         except BaseException:
             if not w.is_closed():
@@ -287,7 +287,7 @@ class Executor:
             attempts=1, tolerated=tolerated,
         )
 
-    async def _run_autocommit(self, m: Migration, lock_timeout_s: float) -> ApplyResult:
+    async def _run_autocommit(self, m: Migration, lock_timeout_s: float, attempt: int) -> ApplyResult:
         """`-- schemad:no-transaction`: statement by statement; recorded only when all succeed."""
         s = self.settings
         w = self.work
@@ -322,6 +322,7 @@ class Executor:
                     self.ledger.sql(queries.INSERT_MIGRATION), m.version, m.name, m.checksum, duration, db.HOSTNAME,
                     os.getpid(), len(m.statements), len(tolerated), False,
                 )
+                await self._record_applied(m, duration, attempt, tolerated, fast_path=False)
                 await w.execute("COMMIT")
             except BaseException:
                 if not w.is_closed():
@@ -357,6 +358,26 @@ class Executor:
                 await self.work.execute("ROLLBACK")
         except errors.SchemadError:
             pass
+
+    async def _record_applied(
+        self, m: Migration, duration_s: float, attempt: int, tolerated: list[Tolerated], *, fast_path: bool
+    ) -> None:
+        """The `applied` event, inside the migration's transaction (before its COMMIT)."""
+        await self.ledger.event(
+            self.work, kind="migration", subject=m.name, version=m.version, outcome="applied",
+            duration_s=duration_s, attempt=attempt,
+            detail={"tolerated": [t.sqlstate for t in tolerated], "fast_path": fast_path},
+        )
+
+    def _applied_event_sql(self, m: Migration) -> str:
+        """`_record_applied` for the one-round-trip send: first attempt, nothing tolerated."""
+        return self.ledger.sql(
+            "INSERT INTO {schema}.events (kind, subject, version, outcome, duration_s, attempt, host, pid, detail) "
+            f"VALUES ('migration', {db.quote_literal(m.name)}, {int(m.version)}, 'applied', "
+            "extract(epoch FROM clock_timestamp() - statement_timestamp()), 1, "
+            f"{db.quote_literal(db.HOSTNAME)}, {os.getpid()}, "
+            """'{"tolerated": [], "fast_path": true}')"""
+        )
 
     def _ledger_insert_sql(self, m: Migration, *, tolerated: int) -> str:
         # Every value is ours: an int, a [a-z0-9_] name, a hex checksum, the host name quoted.

@@ -91,17 +91,13 @@ ORDER BY id DESC LIMIT 1
 """
 
 # --- advisory lock (keys split into the two 32-bit halves pg_locks shows) ---
-TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 UNLOCK = "SELECT pg_advisory_unlock($1)"
+# NULL: busy; true: the lock and the fencing token ($2) are ours; false: the token is taken.
+TRY_LOCK_FENCED = "SELECT CASE WHEN pg_try_advisory_lock($1) THEN pg_try_advisory_lock($2) END"
+UNLOCK_FENCED = "SELECT pg_advisory_unlock($1), pg_advisory_unlock($2)"
+TOKEN_FREE = "SELECT pg_try_advisory_xact_lock_shared($1)"
 BACKEND_PID = "SELECT pg_backend_pid()"
 CLIENT_PORT = "SELECT inet_client_port()"
-LOCK_HELD_BY = """
-SELECT EXISTS (
-    SELECT 1 FROM pg_locks
-    WHERE locktype = 'advisory' AND classid = $1::bigint::oid AND objid = $2::bigint::oid
-      AND objsubid = 1 AND pid = $3 AND granted
-)
-"""
 LOCK_HOLDER = """
 SELECT l.pid, a.application_name, a.client_addr::text AS client_addr, a.backend_start,
        a.state_change AS since, a.state

@@ -180,3 +180,32 @@ async def test_sessions_carry_keepalives_and_the_connection_check(database: Data
         )
     finally:
         await s.close()
+
+
+async def test_fence_fails_once_the_lock_backend_is_gone_even_if_another_session_took_the_key(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    """The fencing token dies with our lock backend: a new holder of the same key (another
+    replica, perhaps with a reused pid) never lets our fence pass, in a batch or alone."""
+    mdir, idir = folders
+    settings = make_settings(database.dsn, mdir, idir)
+    lock_conn = await db.connect(settings, "lock")
+    work = await db.connect(settings, "migrate")
+    other = await asyncpg.connect(database.dsn)
+    try:
+        lk = lock.AdvisoryLock(lock_conn, migration_key(database), name="migration")
+        assert await lk.try_acquire()
+        await lk.fence(work)
+        await work.execute(f"BEGIN;\n{lk.fence_sql()};\nCOMMIT")
+        assert await other.fetchval("SELECT pg_terminate_backend($1)", lk.holder_pid)
+        assert await wait_for(other, "SELECT pg_try_advisory_lock($1)", migration_key(database))
+        with pytest.raises(errors.LockLost):
+            await lk.fence(work)
+        with pytest.raises(errors.DatabaseError) as info:
+            await work.execute(f"BEGIN;\n{lk.fence_sql()};\nCOMMIT")
+        assert info.value.sqlstate == "SD001"
+        await work.execute("ROLLBACK")
+    finally:
+        await other.close()
+        await work.close()
+        await lock_conn.close()
