@@ -287,8 +287,14 @@ class Daemon:
     async def _index_loop(self) -> None:
         from schemad import index_builder
 
+        failures_in_row = 0
         while True:
-            await self.index_wake.wait(self.settings.reconcile_interval_s)
+            delay = self.settings.reconcile_interval_s
+            if failures_in_row:
+                # A lost connection (a database restart) must not leave an interrupted build's
+                # invalid index waiting a whole interval for its repair: retry with backoff.
+                delay = min(delay, min(FAILURE_BACKOFF_MAX_S, 2.0**failures_in_row) / 2)
+            await self.index_wake.wait(delay)
             if not self.state.ready and not self.settings.require_critical_indexes:
                 continue
             s = self.settings
@@ -304,8 +310,10 @@ class Daemon:
             except errors.LockBusy:
                 log.info("another replica is building indexes", extra={"event": "index_lock_busy"})
             except errors.SchemadError as exc:
+                failures_in_row += 1
                 log.error("index reconcile failed: %s", redact.scrub(exc.message), extra={"event": "index_cycle_failed"})
             else:
+                failures_in_row = 0
                 for r in report.failed:
                     self.index_retry_after[r.name] = time.monotonic() + s.index_failed_retry_s
                 log.info(

@@ -90,7 +90,10 @@ class Cluster:
         self.pg_ctl("-m", mode, "stop", check=False)
 
     def restart(self, mode: str = "fast") -> None:
-        self.pg_ctl("-m", mode, "restart", check=True)
+        # With -l the new server's output goes to the log file, not to pg_ctl's pipes (which
+        # the server would inherit and hold open, so that waiting for pg_ctl never ends).
+        log = self.datadir.parent / "postgres.log"
+        self.pg_ctl("-m", mode, "-l", str(log), "restart", check=True)
 
     def destroy(self) -> None:
         self.stop("immediate")
