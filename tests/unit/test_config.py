@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def test_env_names_are_case_insensitive_and_config_file_from_env(
 
 def test_settings_are_frozen() -> None:
     s = config.load()
-    with pytest.raises(ValueError, match="frozen"):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.strict = True  # type: ignore[misc]
 
 
@@ -214,3 +215,43 @@ def test_cli_env_folders_are_used(
 def test_bad_flag_value_names_the_real_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.run(["migrate", "--lock-wait", "-1"]) == cli.EXIT_CONFIG
     assert "(from --lock-wait)" in capsys.readouterr().err
+
+
+def test_environment_strings_are_converted_by_field_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHEMAD_STRICT", "Yes")
+    monkeypatch.setenv("SCHEMAD_WATCH", "0")
+    monkeypatch.setenv("SCHEMAD_INDEX_CONCURRENCY", " 4 ")
+    monkeypatch.setenv("SCHEMAD_INDEX_MAX_PARALLEL_WORKERS", "2")
+    monkeypatch.setenv("SCHEMAD_THROTTLE_WINDOWS", '["01:00-05:00", "22:00-23:30"]')
+    monkeypatch.setenv("SCHEMAD_PASSWORD_FILE", "/run/pw")
+    s = config.load()
+    assert (s.strict, s.watch, s.index_concurrency, s.index_max_parallel_workers) == (True, False, 4, 2)
+    assert s.throttle_windows == ["01:00-05:00", "22:00-23:30"]
+    assert s.password_file == Path("/run/pw")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("strict = 1.5\n", "must be a boolean"),
+        ("retry_max_attempts = 2.5\n", "must be an integer"),
+        ("retry_max_attempts = true\n", "must be an integer"),
+        ("lock_timeout_s = 'soon'\n", "must be a number"),
+        ("ledger_schema = 3\n", "must be a string"),
+        ("throttle_windows = '01:00-05:00'\n", "JSON array"),
+        ("dsn = 5\n", "must be a string"),
+    ],
+)
+def test_wrong_types_are_refused(tmp_path: Path, toml: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError) as info:
+        config.load(config_file=_toml(tmp_path, toml))
+    assert message in info.value.message
+
+
+def test_toml_whole_floats_are_integers_and_keyword_values_are_converted(tmp_path: Path) -> None:
+    assert config.load(config_file=_toml(tmp_path, "retry_max_attempts = 3.0\n")).retry_max_attempts == 3
+    s = config.Settings(dsn="postgresql://app:hunter2@db/app", migrations_dir="m")  # type: ignore[arg-type]
+    assert isinstance(s.dsn, config.SecretStr) and s.migrations_dir == Path("m")
+    assert s.model_copy(update={"strict": True}).strict
+    with pytest.raises(config.InvalidValue, match="lock_timeout_s"):
+        s.model_copy(update={"lock_timeout_s": 0})
