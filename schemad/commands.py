@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from schemad import __version__, db, engine, errors, index_cli, lock, queries, redact, validation
+from schemad import __version__, db, engine, errors, lock, queries, redact, validation
 from schemad.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -110,6 +110,8 @@ async def gather_status(settings: Settings, *, session: db.Session | None = None
         holder = await _lock_holder(s, lock.lock_key(ns, "migrations"))
         index_holder = await _lock_holder(s, lock.lock_key(ns, "indexes"))
         failure = await ledger.last_failure(s)
+        from schemad import index_cli  # the reconciler's modules: not on `migrate`'s path
+
         index_rows = await index_cli.index_status(settings, s, val.indexes)
     finally:
         if own:
@@ -177,6 +179,8 @@ def render_status(data: dict[str, Any]) -> str:
     for name, holder in data["lock"].items():
         if holder:
             lines.append(f"{name} lock held by pid {holder['pid']} ({holder['application_name']}) since {holder['since']}")
+    from schemad import index_cli
+
     lines.extend(index_cli.render_status_lines(data.get("indexes") or []))
     if data["last_failure"]:
         f = data["last_failure"]

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from schemad import db, errors, lock, plan, queries, rules
-from schemad.executor import ApplyResult, Executor, ExecutorSettings, Hooks
 from schemad.ledger import Ledger
 
 if TYPE_CHECKING:
     from schemad.config import Settings
+    from schemad.executor import ApplyResult, ExecutorSettings, Hooks
     from schemad.findings import Finding
     from schemad.validation import Validation
 
@@ -32,6 +32,8 @@ class RunReport:
 
 
 def executor_settings(settings: Settings) -> ExecutorSettings:
+    from schemad.executor import ExecutorSettings
+
     return ExecutorSettings(
         lock_timeout_s=settings.lock_timeout_s,
         statement_timeout_s=settings.statement_timeout_s,
@@ -117,6 +119,9 @@ async def _apply_locked(
 
     async def reconnect() -> db.Session:
         return await db.connect(settings, "migrate")
+
+    # Imported only when something is to be applied: a run with nothing pending never needs it.
+    from schemad.executor import Executor
 
     ex = Executor(work, ledger, lk, executor_settings(settings), reconnect=reconnect, hooks=hooks)
     try:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from schemad.findings import Finding
+    from schemad.migrations import Parse
 
 CRITICAL_DIRECTIVE = "-- schemad:critical"
 
@@ -64,10 +65,12 @@ def _comment_block_above(lines: list[str], line: int) -> tuple[str | None, bool]
     return (" ".join(d for d in desc if d) or None), critical
 
 
-def parse_index_file(source: sourcefiles.SourceFile) -> tuple[list[IndexSpec], list[Finding]]:
+def parse_index_file(
+    source: sourcefiles.SourceFile, *, parse: Parse = sqlparser.parse
+) -> tuple[list[IndexSpec], list[Finding]]:
     path = source.path
     try:
-        parsed = sqlparser.parse(source.text)
+        parsed = parse(source.text)
     except sqlparser.SqlSyntaxError as exc:
         line, col = source.position(exc.offset)
         return [], [rules.finding("E104", path, line, col, exc.message)]
@@ -121,7 +124,9 @@ def parse_index_file(source: sourcefiles.SourceFile) -> tuple[list[IndexSpec], l
     return specs, findings
 
 
-def discover(folder: Path, display: str | None = None) -> tuple[list[IndexSpec], list[Finding]]:
+def discover(
+    folder: Path, display: str | None = None, *, parse: Parse = sqlparser.parse
+) -> tuple[list[IndexSpec], list[Finding]]:
     """Every registry index under ``folder`` (critical first, then by name) and the findings."""
     display = display if display is not None else str(folder)
     entries, findings = sourcefiles.list_folder(folder, display)
@@ -136,7 +141,7 @@ def discover(folder: Path, display: str | None = None) -> tuple[list[IndexSpec],
         findings.extend(errs)
         if source is None:
             continue
-        found, errs = parse_index_file(source)
+        found, errs = parse_index_file(source, parse=parse)
         findings.extend(errs)
         for spec in found:
             key = spec.name.lower() if spec.name == spec.name.lower() else spec.name

@@ -14,9 +14,14 @@ from typing import TYPE_CHECKING
 from schemad import directives, rules, sourcefiles, sqlparser
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
     from schemad.findings import Finding
+
+    Parse = Callable[[str], list[sqlparser.Statement]]
+    # A migration file → its migration (None when it has none) and findings.
+    Load = Callable[[sourcefiles.SourceFile, int, str], tuple["Migration | None", list[Finding]]]
 
 FILE_NAME = re.compile(r"^(?P<version>[0-9]+)_(?P<slug>[a-z0-9_]+)\.sql$")
 _LOOSE_NAME = re.compile(r"^(?P<version>[0-9]+)[_-]")
@@ -62,11 +67,16 @@ def checksum(statements: list[sqlparser.Statement]) -> str:
     return h.hexdigest()
 
 
-def parse_migration(source: sourcefiles.SourceFile, version: int, slug: str) -> tuple[Migration | None, list[Finding]]:
-    """Parse one decoded migration file; returns findings for syntax and directive errors."""
+def parse_migration(
+    source: sourcefiles.SourceFile, version: int, slug: str, *, parse: Parse = sqlparser.parse
+) -> tuple[Migration | None, list[Finding]]:
+    """Parse one decoded migration file; returns findings for syntax and directive errors.
+
+    ``parse`` is `sqlparser.parse` or a cache's memoised equivalent (`parsecache`).
+    """
     path = source.path
     try:
-        parsed = sqlparser.parse(source.text)
+        parsed = parse(source.text)
     except sqlparser.SqlSyntaxError as exc:
         line, col = source.position(exc.offset)
         return None, [rules.finding("E104", path, line, col, exc.message)]
@@ -94,8 +104,14 @@ def parse_migration(source: sourcefiles.SourceFile, version: int, slug: str) -> 
     return migration, findings
 
 
-def discover(folder: Path, display: str | None = None) -> tuple[list[Migration], list[Finding]]:
-    """All migrations of ``folder`` in version order, and every file-level finding."""
+def discover(
+    folder: Path, display: str | None = None, *, load: Load = parse_migration
+) -> tuple[list[Migration], list[Finding]]:
+    """All migrations of ``folder`` in version order, and every file-level finding.
+
+    ``load`` turns a file into its migration: `parse_migration`, or `validation`'s parse
+    and lint, memoised by `parsecache`.
+    """
     display = display if display is not None else str(folder)
     entries, findings = sourcefiles.list_folder(folder, display)
     by_version: dict[int, str] = {}
@@ -120,7 +136,7 @@ def discover(folder: Path, display: str | None = None) -> tuple[list[Migration],
         findings.extend(errs)
         if source is None:
             continue
-        migration, errs = parse_migration(source, version, m.group("slug"))
+        migration, errs = load(source, version, m.group("slug"))
         findings.extend(errs)
         if migration is not None:
             out.append(migration)

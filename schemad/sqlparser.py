@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import postgast
-from postgast import pg_query_pb2 as pb
+if TYPE_CHECKING:
+    # Imported where used: loading the binding (libpg_query, protobuf) costs ~30 ms, and
+    # a run whose files are all in the parse cache (`parsecache`) never needs it.
+    from postgast import pg_query_pb2 as pb
 
 # Functions whose value changes per row: a column added with one of these as default
 # forces a full table rewrite under ACCESS EXCLUSIVE.
@@ -94,16 +96,16 @@ class _Offsets:
 
     def __init__(self, text: str) -> None:
         self.data = text.encode("utf-8")
-        self._ascii = len(self.data) == len(text)
+        self.ascii = len(self.data) == len(text)
         self._map: list[int] = []
-        if not self._ascii:
+        if not self.ascii:
             for i, ch in enumerate(text):
                 self._map.extend([i] * len(ch.encode("utf-8")))
             self._map.append(len(text))
 
     def char(self, byte_offset: int) -> int:
         byte_offset = max(0, min(byte_offset, len(self.data)))
-        return byte_offset if self._ascii else self._map[byte_offset]
+        return byte_offset if self.ascii else self._map[byte_offset]
 
 
 def parse(text: str) -> list[Statement]:
@@ -111,6 +113,8 @@ def parse(text: str) -> list[Statement]:
 
     :raises SqlSyntaxError: with the character offset of the offending token.
     """
+    import postgast
+
     offsets = _Offsets(text)
     try:
         tree = postgast.parse(text)
@@ -118,14 +122,13 @@ def parse(text: str) -> list[Statement]:
         # cursorpos counts characters (PostgreSQL's scanner_errposition), not bytes.
         pos = min(exc.cursorpos - 1, len(text)) if exc.cursorpos > 0 else len(text)
         raise SqlSyntaxError(_one_line(exc.message), pos) from None
-    scanned = _scan_tokens(text, offsets)
+    size = len(offsets.data)
+    bounds = [(raw.stmt_location, raw.stmt_location + raw.stmt_len if raw.stmt_len else size) for raw in tree.stmts]
+    digests = _token_digests(text, offsets, bounds)
     out: list[Statement] = []
-    for raw in tree.stmts:
-        b_start = raw.stmt_location
-        b_end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(offsets.data)
+    for raw, (b_start, b_end), digest in zip(tree.stmts, bounds, digests, strict=True):
         start, end = offsets.char(b_start), offsets.char(b_end)
         stmt_text = text[start:end].strip()
-        digest = _digest(tok for s, tok in scanned if start <= s < end)
         out.append(_describe(raw.stmt, start=start, end=end, text=stmt_text, digest=digest))
     return out
 
@@ -138,30 +141,46 @@ def _one_line(message: str) -> str:
     return head + ('..."' if 'near "' in head else "...")
 
 
-def _scan_tokens(text: str, offsets: _Offsets) -> list[tuple[int, str]]:
-    """Tokens without comments, as (char start, normalised text)."""
+_EMPTY_DIGEST = hashlib.sha256().hexdigest()
+
+
+def _token_digests(text: str, offsets: _Offsets, bounds: list[tuple[int, int]]) -> list[str]:
+    """The checksum digest of each statement (byte ranges ``bounds``, in order): sha256 over
+    its tokens without comments, each followed by 0x1f; keywords and unquoted identifiers
+    lowercased (PostgreSQL folds them). Recorded in ledgers: the bytes hashed never change.
+
+    One pass over the scanner's tokens, which come in order like the statements.
+    """
+    import postgast
+    from postgast import pg_query_pb2 as pb
+
     try:
-        scanned = postgast.scan(text)
+        tokens = postgast.scan(text).tokens
     except postgast.PgQueryError:
-        return []
-    out: list[tuple[int, str]] = []
-    for tok in scanned.tokens:
-        if tok.token in (pb.SQL_COMMENT, pb.C_COMMENT):
-            continue
-        raw = offsets.data[tok.start : tok.end].decode("utf-8", errors="replace")
-        # Keywords and unquoted identifiers are case-insensitive in PostgreSQL.
-        if tok.keyword_kind != pb.NO_KEYWORD or (tok.token == pb.IDENT and not raw.startswith('"')):
-            raw = raw.lower()
-        out.append((offsets.char(tok.start), raw))
-    return out
-
-
-def _digest(tokens: Any) -> str:
-    h = hashlib.sha256()
+        return [_EMPTY_DIGEST] * len(bounds)
+    comments = (pb.SQL_COMMENT, pb.C_COMMENT)
+    ident = pb.IDENT
+    data = offsets.data
+    ascii_only = offsets.ascii
+    per_stmt: list[list[bytes]] = [[] for _ in bounds]
+    i = 0
+    n = len(bounds)
     for tok in tokens:
-        h.update(tok.encode("utf-8"))
-        h.update(b"\x1f")
-    return h.hexdigest()
+        start = tok.start
+        while i < n and start >= bounds[i][1]:
+            i += 1
+        if i == n:
+            break
+        if start < bounds[i][0] or tok.token in comments:
+            continue
+        raw = data[start : tok.end]
+        fold = tok.keyword_kind != pb.NO_KEYWORD or (tok.token == ident and not raw.startswith(b'"'))
+        if ascii_only:
+            per_stmt[i].append(raw.lower() if fold else raw)
+        else:
+            decoded = raw.decode("utf-8", errors="replace")
+            per_stmt[i].append((decoded.lower() if fold else decoded).encode("utf-8"))
+    return [hashlib.sha256(b"\x1f".join(parts) + b"\x1f").hexdigest() if parts else _EMPTY_DIGEST for parts in per_stmt]
 
 
 def _qualified(rv: pb.RangeVar) -> str:
@@ -185,6 +204,9 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
 
 
 def _has_volatile_call(msg: Any) -> bool:
+    import postgast
+    from postgast import pg_query_pb2 as pb
+
     for _field, obj in postgast.walk(msg):
         if isinstance(obj, pb.FuncCall):
             fname = obj.funcname[-1].string.sval if obj.funcname else ""
@@ -194,6 +216,8 @@ def _has_volatile_call(msg: Any) -> bool:
 
 
 def _alter_cmd(cmd: pb.AlterTableCmd) -> AlterCmd:
+    from postgast import pg_query_pb2 as pb
+
     subtype = _enum_name(pb.AlterTableType, cmd.subtype, "AT_")
     definition = getattr(cmd, "def")
     constraint_type = None
@@ -231,12 +255,17 @@ def _alter_cmd(cmd: pb.AlterTableCmd) -> AlterCmd:
 
 def _expr_sql(expr: pb.Node) -> str:
     """Deparse one expression by wrapping it in ``SELECT``."""
+    import postgast
+    from postgast import pg_query_pb2 as pb
+
     select = pb.Node(select_stmt=pb.SelectStmt(target_list=[pb.Node(res_target=pb.ResTarget(val=expr))]))
     sql: str = postgast.deparse(pb.ParseResult(stmts=[pb.RawStmt(stmt=select)]))
     return sql.removeprefix("SELECT ")
 
 
 def _elem_sql(elem: pb.IndexElem) -> str:
+    from postgast import pg_query_pb2 as pb
+
     text = f'"{elem.name}"' if elem.name and elem.name != elem.name.lower() else elem.name
     if elem.HasField("expr"):
         text = f"({_expr_sql(elem.expr)})"
@@ -304,6 +333,8 @@ _COMMANDS: dict[str, str] = {
 
 
 def _describe(node: pb.Node, *, start: int, end: int, text: str, digest: str) -> Statement:
+    from postgast import pg_query_pb2 as pb
+
     kind = node.WhichOneof("node") or "unknown"
     inner = getattr(node, kind)
     command = _COMMANDS.get(kind, kind.removesuffix("_stmt").replace("_", " ").upper())
@@ -361,6 +392,9 @@ def render_index(
 ) -> str:
     """The ``CREATE INDEX`` to send: never ``IF NOT EXISTS``; optionally under another name,
     on another table (a partition, a scratch copy) or ``ON ONLY`` a partitioned parent."""
+    import postgast
+    from postgast import pg_query_pb2 as pb
+
     tree = postgast.parse(index.source)
     stmt = tree.stmts[0].stmt.index_stmt
     stmt.concurrent = concurrently
@@ -377,6 +411,9 @@ def render_index(
 
 def canonical_index(sql: str, *, default_schema: str = "public") -> str:
     """A comparable form of an index definition: no name, no CONCURRENTLY/IF NOT EXISTS, schema explicit."""
+    import postgast
+    from postgast import pg_query_pb2 as pb
+
     tree = postgast.parse(sql)
     stmt = tree.stmts[0].stmt.index_stmt
     stmt.concurrent = False
@@ -393,6 +430,9 @@ def index_shape(sql: str) -> str:
     """An index definition with its name and table blanked out: two definitions with equal
     shapes index the same columns/expressions the same way (compare server-rendered forms,
     e.g. two ``pg_get_indexdef`` results, so that implicit casts are spelled alike)."""
+    import postgast
+    from postgast import pg_query_pb2 as pb
+
     tree = postgast.parse(sql)
     stmt = tree.stmts[0].stmt.index_stmt
     stmt.concurrent = False

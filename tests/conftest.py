@@ -27,6 +27,21 @@ def anyio_backend() -> str:
     return "asyncio"  # asyncpg is asyncio-only
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_parse_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The parse cache (and anything else under XDG_CACHE_HOME) of this test session,
+    for the tests and every schemad process they start, never the user's."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[pgcluster.Cluster]:
     cluster = pgcluster.create()

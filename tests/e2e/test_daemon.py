@@ -103,6 +103,8 @@ def test_failing_migration_reports_and_recovers(tmp_path: Path, database: Databa
             assert (d.sample('schemad_migration_failures_total{reason="sql_error"}') or 0) >= 1
             assert d.get("/readyz")[0] == 503
             assert d.get("/livez")[0] == 200
+            # The metrics are set first, then the cycle refreshes the status document.
+            wait_for(lambda: "last_failure" in json.loads(d.get("/status")[1]), timeout_s=5, what="status refresh")
             status = json.loads(d.get("/status")[1])
             assert status["last_failure"]["sqlstate"] == "42P01"
             assert "0100_bad" in status["daemon_error"]

@@ -44,6 +44,7 @@ CORE = (
     "indexes",
     "validation",
     "sqlparser",
+    "parsecache",
     "config",
     "plan",
     "classify",

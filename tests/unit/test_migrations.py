@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import pytest
@@ -107,6 +108,22 @@ def test_a_directory_with_a_migration_name_is_not_a_file(tmp_path: Path) -> None
     found, findings = migrations.discover(tmp_path / "m", "m")
     assert found == []
     assert [(f.code, f.message) for f in findings] == [("E109", "not a regular file")]
+
+
+def test_special_files_and_broken_symlinks_are_refused_without_blocking(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    os.mkfifo(folder / "0001_fifo.sql")  # opening a FIFO to read would wait for a writer
+    (folder / "0002_dangling.sql").symlink_to(folder / "absent.sql")
+    (folder / "sub").mkdir()
+    (folder / "0003_dir_link.sql").symlink_to(folder / "sub")
+    found, findings = migrations.discover(folder, "m")
+    assert found == []
+    assert [(f.path, f.code, f.message) for f in findings if f.code == "E109"] == [
+        ("m/0001_fifo.sql", "E109", "not a regular file"),
+        ("m/0002_dangling.sql", "E109", "dangling or looping symlink"),
+        ("m/0003_dir_link.sql", "E109", "not a regular file"),
+    ]
 
 
 def test_oversized_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -297,3 +297,24 @@ def test_canonical_index_uses_the_default_schema() -> None:
 def test_quote_ident() -> None:
     assert sqlparser.quote_ident("plain") == '"plain"'
     assert sqlparser.quote_ident('we"ird') == '"we""ird"'
+
+
+@pytest.mark.parametrize(
+    ("sql", "recorded"),
+    [
+        (
+            (
+                "-- users\nCREATE TABLE Users (Id bigint PRIMARY KEY, \"Name\" text DEFAULT 'X');\n"
+                "/* c */ COMMENT ON TABLE users IS 'Hi';\n"
+            ),
+            "7add90cb30565f78836cfee68a0a0a938bab6e3de0e8c1c3e81ab4664b783005",
+        ),
+        (
+            "CREATE TABLE Äpfel (Größe int, \"Öl\" text DEFAULT 'Ü');\nSELECT 1",
+            "d1dbaf98e1e5b500ea0899f34c3c2ad0df19a4fd374262cd3788065411421078",
+        ),
+    ],
+)
+def test_checksum_is_stable_across_releases(sql: str, recorded: str) -> None:
+    """Ledgers hold checksums from earlier releases: the bytes hashed must never change."""
+    assert _checksum(sql) == recorded
