@@ -335,6 +335,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         _err(f"schemad: configuration error: {exc.message}")
         return EXIT_CONFIG
     logs.setup(fmt=settings.log_format, level=settings.log_level)
+    if getattr(args, "dsn", None):
+        _hide_dsn_password(args.dsn)
     try:
         return COMMANDS[args.command](args, settings)
     except errors.ConfigError as exc:
@@ -360,6 +362,23 @@ def run(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("schemad: interrupted")
         return 130
+
+
+def _hide_dsn_password(dsn: str) -> None:
+    """A password in --dsn sits in the process list (`ps`, /proc/<pid>/cmdline) for every local
+    user to read: overwrite it there now, and say that it was exposed until now."""
+    from schemad import cmdline, redact
+
+    password = redact.dsn_password(dsn)
+    if password is None:
+        return
+    redact.register(password)
+    cmdline.hide([password])
+    log.warning(
+        "the password in --dsn was visible to local users (ps, /proc/<pid>/cmdline, shell history) until now: "
+        "give it in SCHEMAD_PASSWORD_FILE or $CREDENTIALS_DIRECTORY/db-password instead",
+        extra={"event": "password_on_command_line"},
+    )
 
 
 def _chain(exc: BaseException) -> str:

@@ -35,6 +35,8 @@ DEFAULT_LOCK_TIMEOUT_S = 2.0
 DEFAULT_STATEMENT_TIMEOUT_S = 300.0
 DEFAULT_LOCK_WAIT_S = 300.0
 DEFAULT_LOCK_POLL_S = 2.0
+# A frozen lock holder is disconnected by the server this long after its last renewal.
+DEFAULT_LOCK_LEASE_S = 30.0
 DEFAULT_RETRY_ATTEMPTS = 10
 DEFAULT_RETRY_BUDGET_S = 300.0
 DEFAULT_INDEX_STATEMENT_TIMEOUT_S = 6 * 3600.0
@@ -235,6 +237,7 @@ class Settings:
     lock_namespace: str | None = None
     lock_wait_s: float = _f(DEFAULT_LOCK_WAIT_S, ge=0)
     lock_poll_s: float = _f(DEFAULT_LOCK_POLL_S, gt=0)
+    lock_lease_s: float = _f(DEFAULT_LOCK_LEASE_S, ge=0)  # 0: no lease (see lock.py)
 
     # Executor
     lock_timeout_s: float = _f(DEFAULT_LOCK_TIMEOUT_S, gt=0)
@@ -327,7 +330,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise errors.ConfigError(f"config file {path} not found", source=str(path)) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:  # TOML is UTF-8 only
         raise errors.ConfigError(f"{path}: {exc}", source=str(path)) from None
 
 

@@ -173,10 +173,17 @@ async def connect(settings: config.Settings, role: str, *, dbname: str | None = 
             text = text if text.startswith("invalid DSN") else f"invalid DSN: {text}"
             raise errors.ConfigError(text, key="dsn") from None
     session = Session(conn, role)
+    # schemad never leaves a transaction idle while it works on something else, so a session
+    # idle in one for a whole lock lease belongs to a frozen process: the server ends it, and
+    # with it the locks it holds on application tables.
+    idle_in_transaction = (
+        f"; SET idle_in_transaction_session_timeout = {int(settings.lock_lease_s * 1000)}"
+        if settings.lock_lease_s > 0 else ""
+    )
     await session.execute(
         f"SET tcp_keepalives_idle = {int(settings.keepalives_idle_s)}; "
         f"SET tcp_keepalives_interval = {int(settings.keepalives_interval_s)}; "
-        f"SET tcp_keepalives_count = {int(settings.keepalives_count)}"
+        f"SET tcp_keepalives_count = {int(settings.keepalives_count)}{idle_in_transaction}"
     )
     if settings.connection_check_interval_s > 0:
         # PostgreSQL 14+: notice a vanished client mid-query; ignored where unsupported.

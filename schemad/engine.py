@@ -7,12 +7,16 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import anyio
 
 from schemad import db, errors, lock, plan, queries, rules
 from schemad.ledger import Ledger
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from schemad.config import Settings
     from schemad.executor import ApplyResult, ExecutorSettings, Hooks
     from schemad.findings import Finding
@@ -95,7 +99,9 @@ async def migrate(
             if on_lock is not None:
                 on_lock(True)
             try:
-                report = await _apply_locked(settings, validation, work, lk, hooks)
+                report = await _leased(
+                    lk, settings.lock_lease_s, lambda: _apply_locked(settings, validation, work, lk, hooks)
+                )
                 report.lock_waited_s = waited
                 return report
             finally:
@@ -112,6 +118,7 @@ async def _apply_locked(
     settings: Settings, validation: Validation, work: db.Session, lk: lock.AdvisoryLock, hooks: Hooks | None
 ) -> RunReport:
     ledger = Ledger(settings.ledger_schema)
+    await _end_stale_holders(work)
     await ledger.ensure(work)
     # Re-plan under the lock: another replica may have applied while we waited.
     p = await read_plan(settings, work, validation)
@@ -127,7 +134,17 @@ async def _apply_locked(
     try:
         for m in p.pending:
             # No separate fence round trip: every path of `apply` fences inside its transaction.
-            result = await ex.apply(m)
+            with anyio.CancelScope() as applying:
+                # The moment the lock is known lost (its connection ended, a lease renewal
+                # failed), cancel the statement in flight: asyncpg asks the server to cancel it,
+                # and nothing more of this migration runs without the lock.
+                lk.on_lost = applying.cancel
+                try:
+                    result = await ex.apply(m)
+                finally:
+                    lk.on_lost = None
+            if applying.cancelled_caught:
+                await _stopped_by_lost_lock(settings, ex.work, ledger, m)
             report.applied.append(result)
             log.info(
                 "applied %s", m.name,
@@ -146,3 +163,63 @@ async def _apply_locked(
         if ex.work is not work:
             await ex.work.close()
     return report
+
+
+async def _leased(lk: lock.AdvisoryLock, lease_s: float, work: Callable[[], Awaitable[RunReport]]) -> RunReport:
+    """Run ``work`` while a sibling task renews the lock's lease (`AdvisoryLock.renew`)."""
+    done: list[RunReport] = []
+    failed: list[errors.SchemadError] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lk.renew, lease_s)
+        try:
+            done.append(await work())
+        except errors.SchemadError as exc:  # re-raised below as itself, not inside an ExceptionGroup
+            failed.append(exc)
+        finally:
+            tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return done[0]
+
+
+async def _end_stale_holders(work: db.Session) -> None:
+    """A previous holder that lost the lock (frozen, cut off) may still run a migration
+    statement: it can never commit (its fence fails), but it holds locks we are about to need."""
+    try:
+        ended = int(await work.fetchval(queries.END_STALE_MIGRATIONS, db.application_name("migrate")))
+    except errors.DatabaseError as exc:  # e.g. not allowed to signal that role's backends
+        log.warning("could not end a previous holder's sessions: %s", exc.message,
+                    extra={"event": "stale_holder_not_ended", "sqlstate": exc.sqlstate})
+        return
+    if ended:
+        log.warning("ended %d migration session(s) left by a previous lock holder", ended,
+                    extra={"event": "stale_holder_ended", "sessions": ended})
+
+
+async def _stopped_by_lost_lock(settings: Settings, work: db.Session, ledger: Ledger, m: Any) -> NoReturn:
+    """The lock went while ``m`` was being applied and its statement was cancelled: end that
+    session for certain (its transaction rolls back now), put the stop on record, stop."""
+    from schemad.executor import FENCE_SQLSTATE
+
+    pid = work.server_pid
+    work.terminate()
+    message = f"the migration lock was lost while applying {m.name}: its statement was cancelled at once"
+    try:
+        s = await db.connect(settings, "migrate")
+    except errors.SchemadError:
+        raise errors.LockLost(f"{message}; {m.name} may have to run again") from None
+    try:
+        await s.fetchval(queries.TERMINATE_BACKEND, pid)
+        # Our COMMIT already on its way when the lock went is the only way our attempt is recorded.
+        ours = any(
+            int(r["version"]) == m.version and r["applied_by_host"] == db.HOSTNAME and r["applied_by_pid"] == os.getpid()
+            for r in await ledger.applied_full(s)
+        )
+        message += f"; {m.name} had committed just before" if ours else f"; this attempt recorded nothing of {m.name}"
+        await ledger.event_quietly(
+            s, kind="migration", subject=m.name, version=m.version, outcome="failed", sqlstate=FENCE_SQLSTATE,
+            message=message, detail={"reason": "lock_lost"},
+        )
+    finally:
+        await s.close()
+    raise errors.LockLost(message)

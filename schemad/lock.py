@@ -8,6 +8,12 @@ still holds the lock". Any other session checks that with a failing
 `pg_try_advisory_xact_lock_shared(token)`: one lock-table probe of a few microseconds
 (reading `pg_locks` copies the whole lock table: ~0.3 ms, twice per migration). A pid
 reused by another backend cannot pass it either.
+
+Lease: a holder that is frozen (SIGSTOP, a paused VM) keeps its connection open, and its
+kernel still answers TCP keepalives, so nothing on the network ever frees its lock. While
+it holds the lock, schemad renews a lease instead: the lock session gets
+`idle_session_timeout = lease`, and a live holder runs a no-op every lease/3. A holder that
+stops renewing is disconnected by the server itself, which frees the lock (PostgreSQL 14+).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import anyio
 from schemad import errors, queries
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from schemad.db import Session
 
 log = logging.getLogger("schemad.lock")
@@ -84,10 +92,20 @@ class AdvisoryLock:
         self.holder_pid: int | None = None
         self.token: int | None = None
         self._lost = False
+        # Called once, the moment a held lock is known to be lost (its connection ended, a
+        # renewal failed): the engine cancels the statement in flight with it.
+        self.on_lost: Callable[[], None] | None = None
         s.on_termination(self._on_terminated)
 
     def _on_terminated(self) -> None:
-        self._lost = self.holder_pid is not None
+        if self.holder_pid is not None:
+            self._lose()
+
+    def _lose(self) -> None:
+        first = not self._lost
+        self._lost = True
+        if first and self.on_lost is not None:
+            self.on_lost()
 
     @property
     def held(self) -> bool:
@@ -121,6 +139,30 @@ class AdvisoryLock:
             # Jitter spreads replicas that started together.
             await anyio.sleep(min(remaining, poll_s * (0.5 + random.random())))
 
+    async def renew(self, lease_s: float) -> None:
+        """Keep the lease while the lock is held (run beside the work; never raises).
+
+        A renewal that fails means the lock session is gone, and the lock with it."""
+        if lease_s <= 0:
+            return
+        try:
+            await self.session.execute(queries.SET_LEASE.format(ms=max(1, int(lease_s * 1000))))
+        except errors.DatabaseError as exc:  # PostgreSQL 13 and older: no idle_session_timeout
+            log.warning("no lock lease on this server: a frozen holder keeps the lock until it dies",
+                        extra={"event": "lock_lease_unsupported", "lock": self.name, "sqlstate": exc.sqlstate})
+            return
+        while self.held:
+            await anyio.sleep(lease_s / 3)
+            if not self.held:
+                return
+            # Shielded: a renewal cancelled half-way would leave the session busy for the release.
+            with anyio.move_on_after(lease_s, shield=True):
+                try:
+                    await self.session.execute(queries.RENEW_LEASE)
+                except errors.SchemadError:
+                    self._lose()
+                    return
+
     async def fence(self, via: Session) -> None:
         """Confirm, from another session, that our backend still holds the lock."""
         if not self.held or self.token is None:
@@ -128,7 +170,7 @@ class AdvisoryLock:
         # A free token is taken here (shared, until the end of the caller's transaction): harmless,
         # the caller stops and rolls back.
         if await via.fetchval(queries.TOKEN_FREE, self.token):
-            self._lost = True
+            self._lose()
             raise errors.LockLost(f"backend {self.holder_pid} no longer holds the {self.name} lock; stopping all work")
 
     def fence_sql(self) -> str:

@@ -96,6 +96,19 @@ UNLOCK = "SELECT pg_advisory_unlock($1)"
 TRY_LOCK_FENCED = "SELECT CASE WHEN pg_try_advisory_lock($1) THEN pg_try_advisory_lock($2) END"
 UNLOCK_FENCED = "SELECT pg_advisory_unlock($1), pg_advisory_unlock($2)"
 TOKEN_FREE = "SELECT pg_try_advisory_xact_lock_shared($1)"
+# The lock lease: the server ends a lock session idle longer than this (see lock.py).
+SET_LEASE = "SET idle_session_timeout = {ms}"
+RENEW_LEASE = "SELECT 1"
+# On taking the migration lock: end other processes' migration transactions, left by a holder
+# that lost the lock (frozen, cut off) and still running. They can never commit (their fence
+# fails), but they hold locks the new holder needs. $1: our own application_name.
+END_STALE_MIGRATIONS = """
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND application_name LIKE 'schemad:migrate:%' AND application_name <> $1
+  AND xact_start < clock_timestamp() - interval '1 second'
+"""
+TERMINATE_BACKEND = "SELECT pg_terminate_backend($1)"
 BACKEND_PID = "SELECT pg_backend_pid()"
 CLIENT_PORT = "SELECT inet_client_port()"
 LOCK_HOLDER = """

@@ -17,6 +17,18 @@ def register(secret: str | None) -> None:
         _secrets.add(quote(secret, safe=""))
 
 
+def dsn_password(dsn: str) -> str | None:
+    """The password inside a DSN (URL or key=value form), if it has one."""
+    try:
+        parts = urlsplit(dsn)
+        if parts.password:
+            return unquote(parts.password)
+    except ValueError:
+        pass
+    m = _KV_PASSWORD.search(dsn)
+    return m.group(2).strip("'") if m else None
+
+
 def register_dsn(dsn: str | None) -> None:
     """Register the password inside a DSN (URL or key=value form)."""
     if not dsn:

@@ -6,19 +6,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from schemad import pgcluster
 from tests.conftest import TEMPLATE, Database, psql, schemad_cmd
+from tests.e2e.daemons import Daemon, notify_socket
 from tests.reliability import corpus
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from schemad import pgcluster
 
 FAST_POLL = {"SCHEMAD_LOCK_POLL_S": "0.05", "SCHEMAD_RETRY_BACKOFF_S": "0.05"}
 FIGURES_ENV = "RELIABILITY_FIGURES_DIR"
@@ -94,6 +96,46 @@ def run_migrate(dsn: str, mdir: Path, idir: Path, *args: str, timeout: float = 1
         migrate_cmd(dsn, mdir, idir, *args), capture_output=True, text=True, env=clean_env(**FAST_POLL),
         timeout=timeout, check=False,
     )
+
+
+# --------------------------------------------------------------------------- daemons
+
+
+def spawn_daemons(
+    stack: contextlib.ExitStack, dsn: str | None, workdir: Path, n: int, *, extra_env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> list[Daemon]:
+    """Start ``n`` daemons at once (not one after another), each with its own notify socket;
+    ``stack`` kills any still running when it closes. ``dsn`` None: the caller passes it."""
+    daemons: list[Daemon] = []
+    # AF_UNIX paths are limited to 108 bytes: the sockets go in a short directory of their own.
+    sockets = Path(tempfile.mkdtemp(prefix="sd-"))
+    stack.callback(shutil.rmtree, sockets, True)
+    for _ in range(n):
+        notify = stack.enter_context(notify_socket(sockets))
+        port = pgcluster.free_port()
+        env = clean_env(**{
+            **({"SCHEMAD_DSN": dsn} if dsn is not None else {}),
+            "NOTIFY_SOCKET": str(notify.path), "SCHEMAD_LOCK_POLL_S": "0.2",
+            "SCHEMAD_RETRY_BACKOFF_S": "0.05", "SCHEMAD_RECONCILE_INTERVAL_S": "60",
+            "SCHEMAD_INDEX_RETRY_BACKOFF_S": "0.2", **(extra_env or {}),
+        })
+        log_path = workdir / f"daemon-{port}.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                schemad_cmd("run", "--metrics-addr", f"127.0.0.1:{port}", *args),
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+            )
+        d = Daemon(proc, port, notify, log_path)
+        stack.callback(_kill_if_running, d)
+        daemons.append(d)
+    return daemons
+
+
+def _kill_if_running(d: Daemon) -> None:
+    if d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait()
 
 
 # --------------------------------------------------------------------------- /proc

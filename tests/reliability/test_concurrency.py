@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from schemad import pgcluster
-from tests.conftest import schemad_cmd
-from tests.e2e.daemons import Daemon, notify_socket, wait_for
+from tests.e2e.daemons import Daemon, wait_for
 from tests.reliability import corpus
 from tests.reliability.support import (
     FAST_POLL,
@@ -28,11 +26,13 @@ from tests.reliability.support import (
     migrate_cmd,
     percentile,
     record,
+    spawn_daemons,
 )
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from schemad import pgcluster
     from tests.conftest import Database
 
 PROCESS_BOUND_S = 60.0
@@ -115,37 +115,6 @@ def test_ten_processes_twenty_trials(pg_cluster: pgcluster.Cluster, tmp_path: Pa
 
 
 # --------------------------------------------------------------------------- daemons
-
-
-def spawn_daemons(
-    stack: contextlib.ExitStack, dsn: str, workdir: Path, n: int, *, extra_env: dict[str, str] | None = None
-) -> list[Daemon]:
-    """Start ``n`` daemons at once (not one after another), each with its own notify socket."""
-    daemons: list[Daemon] = []
-    for _ in range(n):
-        notify = stack.enter_context(notify_socket(workdir))
-        port = pgcluster.free_port()
-        env = clean_env(
-            SCHEMAD_DSN=dsn, NOTIFY_SOCKET=str(notify.path), SCHEMAD_LOCK_POLL_S="0.2",
-            SCHEMAD_RETRY_BACKOFF_S="0.05", SCHEMAD_RECONCILE_INTERVAL_S="60",
-            SCHEMAD_INDEX_RETRY_BACKOFF_S="0.2", **(extra_env or {}),
-        )
-        log_path = workdir / f"daemon-{port}.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                schemad_cmd("run", "--metrics-addr", f"127.0.0.1:{port}"),
-                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-            )
-        d = Daemon(proc, port, notify, log_path)
-        stack.callback(_stop_quietly, d)
-        daemons.append(d)
-    return daemons
-
-
-def _stop_quietly(d: Daemon) -> None:
-    if d.proc.poll() is None:
-        d.proc.kill()
-        d.proc.wait()
 
 
 def _ready_or_exited(d: Daemon) -> bool:

@@ -1,0 +1,191 @@
+"""Promise 4 — a lost lock stops all work: two daemons, one applying a slow migration.
+
+* `pg_terminate_backend` on the applier's lock connection: its statement in flight is
+  cancelled at once (the statement after the sleep, a non-transactional `nextval`, never
+  runs in its session), the other replica takes over, and every migration lands once.
+* A frozen applier (SIGSTOP): the server ends its lock session once its lease runs out
+  (`lock_lease_s`: the holder renews it every lease/3; `idle_session_timeout` on the lock
+  session), the other replica takes the lock, ends the frozen holder's open migration
+  transaction, and applies. The time from SIGSTOP to the takeover is measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.reliability.support import poll, record, spawn_daemons
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.conftest import Database
+    from tests.e2e.daemons import Daemon
+
+MIGRATIONS = {
+    "0001_setup.sql": (
+        "-- schemad:allow=data-change the test's control row\n"
+        "CREATE TABLE apply_log (version int NOT NULL, pid int NOT NULL DEFAULT pg_backend_pid());\n"
+        "CREATE TABLE ctl (sleep_s float8 NOT NULL);\n"
+        "INSERT INTO ctl VALUES (600);\n"
+        "CREATE SEQUENCE after_sleep;\n"
+    ),
+    "0002_slow.sql": (
+        "-- schemad:allow=data-change the apply log proves exactly-once application\n"
+        "CREATE TABLE slow_a (id int);\n"
+        "SELECT pg_sleep((SELECT sleep_s FROM ctl));\n"
+        "-- sequences ignore rollbacks: a value taken here is proof that this statement ran\n"
+        "SELECT nextval('after_sleep');\n"
+        "CREATE TABLE slow_b (id int);\n"
+        "INSERT INTO apply_log (version) VALUES (2);\n"
+    ),
+    "0003_after.sql": (
+        "-- schemad:allow=data-change the apply log proves exactly-once application\n"
+        "CREATE TABLE after_it (id int);\nINSERT INTO apply_log (version) VALUES (3);\n"
+    ),
+}
+SLEEPING = (
+    "SELECT coalesce(max(application_name), '') FROM pg_stat_activity "
+    "WHERE application_name LIKE 'schemad:migrate:%' AND wait_event = 'PgSleep'"
+)
+TAKEOVER_BOUND_S = 30.0
+
+
+def _setup(tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    (work / "migrations").mkdir(parents=True)
+    (work / "indexes").mkdir()
+    for name, text in MIGRATIONS.items():
+        (work / "migrations" / name).write_text(text)
+    return work
+
+
+def _holder_and_other(db: Database, daemons: list[Daemon]) -> tuple[Daemon, Daemon]:
+    app = ""
+
+    def sleeping() -> bool:
+        nonlocal app
+        app = db.sql(SLEEPING)
+        return app != ""
+
+    poll(sleeping, timeout_s=30, what="a daemon applying the slow migration")
+    pid = int(app.rsplit(":", 1)[1])
+    holder = next(d for d in daemons if d.proc.pid == pid)
+    return holder, next(d for d in daemons if d is not holder)
+
+
+def _applied_once(db: Database) -> str:
+    """Who applied 2 and 3; fails unless each migration and its post-sleep statement ran once."""
+    assert db.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM schemad.migrations") == "1,2,3"
+    assert db.sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM apply_log") == "2,3"
+    assert db.sql("SELECT last_value || '|' || is_called FROM after_sleep") == "1|true", (
+        "the statement after the sleep ran more than once: once in a session that had lost the lock"
+    )
+    return db.sql("SELECT string_agg(DISTINCT applied_by_pid::text, ',') FROM schemad.migrations WHERE version > 1")
+
+
+def _ready(daemons: list[Daemon]) -> None:
+    for d in daemons:
+        poll(lambda d=d: d.get("/readyz")[0] == 200, timeout_s=TAKEOVER_BOUND_S, what=f"daemon :{d.port} ready")
+
+
+def terminated_lock(db: Database, tmp_path: Path) -> dict[str, float]:
+    work = _setup(tmp_path)
+    with contextlib.ExitStack() as stack:
+        daemons = spawn_daemons(stack, db.dsn, work, 2)
+        holder, other = _holder_and_other(db, daemons)
+        db.sql("UPDATE ctl SET sleep_s = 0")  # whoever runs 0002 next does not sleep
+        lost_at = time.monotonic()
+        assert db.sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            f"WHERE application_name LIKE 'schemad:lock:%:{holder.proc.pid}'"
+        ) == "1"
+        stopped_s = poll(lambda: db.sql(SLEEPING) == "", timeout_s=TAKEOVER_BOUND_S,
+                         what="the holder's statement to stop")
+        poll(lambda: db.sql("SELECT count(*) FROM schemad.migrations") == "3", timeout_s=TAKEOVER_BOUND_S,
+             what="the other replica to apply")
+        applied_s = time.monotonic() - lost_at
+        _ready(daemons)
+        appliers = _applied_once(db)
+        assert appliers == str(other.proc.pid), f"taken over by {appliers}, not by {other.proc.pid}"
+        lost_event = db.sql(
+            "SELECT detail->>'reason' FROM schemad.events WHERE outcome = 'failed' AND subject = '0002_slow' "
+            f"AND pid = {holder.proc.pid}"
+        )
+        assert lost_event == "lock_lost", lost_event
+        status = json.loads(holder.get("/status")[1])
+        assert status["up_to_date"] is True
+        for d in daemons:
+            assert d.stop() == 0, d.log()
+        assert "lock_lost" in holder.log()
+    return {"statement_stopped_s": stopped_s, "other_applied_s": applied_s}
+
+
+def frozen_holder(db: Database, tmp_path: Path, lease_s: float) -> dict[str, float]:
+    work = _setup(tmp_path)
+    env = {"SCHEMAD_LOCK_LEASE_S": str(lease_s)}
+    with contextlib.ExitStack() as stack:
+        daemons = spawn_daemons(stack, db.dsn, work, 2, extra_env=env)
+        holder, other = _holder_and_other(db, daemons)
+        db.sql("UPDATE ctl SET sleep_s = 0")
+        holder_lock = (
+            "SELECT count(*) FROM pg_stat_activity "
+            f"WHERE application_name LIKE 'schemad:lock:%:{holder.proc.pid}'"
+        )
+        assert db.sql(holder_lock) == "1"
+        frozen_at = time.monotonic()
+        os.kill(holder.proc.pid, signal.SIGSTOP)
+        try:
+            # The server ends the frozen holder's lock session when its lease runs out ...
+            lock_s = poll(lambda: db.sql(holder_lock) == "0", timeout_s=lease_s + TAKEOVER_BOUND_S,
+                          what="the frozen holder's lock session to end")
+            # ... and the other replica takes the lock, ends the frozen holder's migration
+            # transaction (still sleeping on the server), and applies.
+            poll(lambda: db.sql("SELECT count(*) FROM schemad.migrations") == "3", timeout_s=TAKEOVER_BOUND_S,
+                 what="the other replica to apply")
+            applied_s = time.monotonic() - frozen_at
+        finally:
+            os.kill(holder.proc.pid, signal.SIGCONT)
+        # Thawed, the old holder finds its sessions gone, stops, and comes back ready.
+        _ready(daemons)
+        appliers = _applied_once(db)
+        assert appliers == str(other.proc.pid), appliers
+        for d in daemons:
+            assert d.stop() == 0, d.log()
+    assert "stale_holder_ended" in other.log()
+    return {"lease_s": lease_s, "lock_lost_s": lock_s, "other_applied_s": applied_s}
+
+
+def _rounded(figures: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in figures.items()}
+
+
+def test_lost_lock_fast(database: Database, tmp_path: Path) -> None:
+    figures = terminated_lock(database, tmp_path)
+    record("lost_lock_terminated", _rounded(figures))
+
+
+def test_frozen_holder_fast(database: Database, tmp_path: Path) -> None:
+    figures = frozen_holder(database, tmp_path, lease_s=2.0)
+    # The lease (the last renewal was at most lease/3 before the freeze), then one poll.
+    assert figures["lock_lost_s"] <= 2.0 + 0.5, figures
+    assert figures["other_applied_s"] <= 2.0 + 2.0, figures
+    record("frozen_holder_lease_2s", _rounded(figures))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_frozen_holder_default_lease(database: Database, tmp_path: Path) -> None:
+    from schemad import config
+
+    lease = config.DEFAULT_LOCK_LEASE_S
+    figures = frozen_holder(database, tmp_path, lease_s=lease)
+    assert figures["lock_lost_s"] <= lease + 0.5, figures
+    assert figures["other_applied_s"] <= lease + 2.0, figures
+    record("frozen_holder_default_lease", _rounded(figures))
