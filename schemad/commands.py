@@ -150,7 +150,7 @@ async def _lock_holder(s: db.Session, key: int) -> dict[str, Any] | None:
         return None
     return {
         "pid": row["pid"], "application_name": row["application_name"], "client_addr": row["client_addr"],
-        "since": _iso(row["since"]), "state": row["state"],
+        "since": _iso(row["since"]), "renewed_at": _iso(row["renewed_at"]), "state": row["state"],
     }
 
 

@@ -207,7 +207,10 @@ async def _stopped_by_lost_lock(settings: Settings, work: db.Session, ledger: Le
     try:
         s = await db.connect(settings, "migrate")
     except errors.SchemadError:
-        raise errors.LockLost(f"{message}; {m.name} may have to run again") from None
+        raise errors.LockLost(
+            f"{message}; the database cannot be reached to tell whether {m.name} committed just before: "
+            "`schemad status` shows it, and a rerun continues from there"
+        ) from None
     try:
         await s.fetchval(queries.TERMINATE_BACKEND, pid)
         # Our COMMIT already on its way when the lock went is the only way our attempt is recorded.

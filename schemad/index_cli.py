@@ -102,10 +102,14 @@ def build_indexes(settings: Settings, *, dry_run: bool, wait: bool) -> int:
             lambda: index_builder.reconcile(settings, val, hooks=hooks, wait=wait, dry_run=dry_run), backend="asyncio"
         )
 
-    if sys.stderr.isatty() and not dry_run:
-        report = _with_bars(go)
-    else:
-        report = go(LogHooks())
+    try:
+        report = _with_bars(go) if sys.stderr.isatty() and not dry_run else go(LogHooks())
+    except errors.ConnectionLost as exc:
+        raise errors.ConnectionLost(
+            f"lost the connection to PostgreSQL while reconciling indexes ({exc.message}); a concurrent build "
+            "it interrupted leaves an invalid index, which the next run drops and builds again",
+            sqlstate=exc.sqlstate,
+        ) from None
     _print_report(report)
     return EXIT_FAILED if report.failed else EXIT_OK
 

@@ -112,8 +112,8 @@ TERMINATE_BACKEND = "SELECT pg_terminate_backend($1)"
 BACKEND_PID = "SELECT pg_backend_pid()"
 CLIENT_PORT = "SELECT inet_client_port()"
 LOCK_HOLDER = """
-SELECT l.pid, a.application_name, a.client_addr::text AS client_addr, a.backend_start,
-       a.state_change AS since, a.state
+SELECT l.pid, a.application_name, a.client_addr::text AS client_addr,
+       a.backend_start AS since, a.state_change AS renewed_at, a.state
 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid
   AND l.objsubid = 1 AND l.granted

@@ -56,13 +56,15 @@ def _folders(tmp_path: Path, *, indexes: bool) -> tuple[Path, Path]:
     return mdir, idir
 
 
-def _exactly_once(db: Database) -> None:
+def _exactly_once(db: Database) -> int:
+    """Fails unless every migration landed exactly once; returns the deadlocks on record."""
     problems, recorded = consistency(db, corpus.build())
     assert problems == [] and len(recorded) == corpus.SIZE, problems
     # The apply log holds one row per transactional migration, and no other.
-    assert db.sql("SELECT count(*), count(DISTINCT version) FROM corpus.apply_log") == "58|58"
+    transactional = corpus.SIZE - len(corpus.NO_TRANSACTION)
+    assert db.sql("SELECT count(*), count(DISTINCT version) FROM corpus.apply_log") == f"{transactional}|{transactional}"
     assert db.sql("SELECT count(*) FROM schemad.events WHERE kind = 'migration' AND outcome = 'applied'") == "60"
-    assert db.sql("SELECT count(*) FROM schemad.events WHERE sqlstate = '40P01'") == "0"
+    return int(db.sql("SELECT count(*) FROM schemad.events WHERE sqlstate = '40P01'"))
 
 
 # --------------------------------------------------------------------------- processes
@@ -73,8 +75,8 @@ def processes(cluster: pgcluster.Cluster, tmp_path: Path, *, trials: int, n: int
     env = clean_env(**FAST_POLL)
     slowest: list[float] = []
     appliers: list[int] = []
-    retries = 0
-    for trial in range(trials):
+    retries = deadlocks = exactly_once = 0
+    for _ in range(trials):
         with fresh_database(cluster, "conc") as db:
             started = time.monotonic()
             procs = [
@@ -88,20 +90,22 @@ def processes(cluster: pgcluster.Cluster, tmp_path: Path, *, trials: int, n: int
                 out, err = p.communicate(timeout=remaining)  # raises (stuck) past the bound
                 finished.append((p.returncode, out, err, time.monotonic() - started))
             assert [rc for rc, *_ in finished] == [0] * n, [e for _, _, e, _ in finished]
-            assert not any("40P01" in out + err for _, out, err, _ in finished), f"trial {trial}: a deadlock"
+            deadlocks += sum((out + err).count("40P01") for _, out, err, _ in finished)
             applied_lines = [ln for _, out, _, _ in finished for ln in out.splitlines() if ln.startswith("applied ")]
             assert len(applied_lines) == corpus.SIZE, "each migration reported applied by exactly one process"
             appliers.append(sum(1 for _, out, _, _ in finished if "applied " in out))
             slowest.append(max(t for *_, t in finished))
-            _exactly_once(db)
+            deadlocks += _exactly_once(db)
+            exactly_once += 1
             retries += int(db.sql("SELECT count(*) FROM schemad.events WHERE outcome = 'retry'"))
     record(f"concurrency_processes_{trials}", {
         "trials": trials, "processes_per_trial": n, "migrations": corpus.SIZE,
-        "applied_exactly_once_trials": trials, "deadlocks": 0, "retries": retries,
+        "applied_exactly_once_trials": exactly_once, "deadlocks": deadlocks, "retries": retries,
         "appliers_per_trial": sorted(set(appliers)),
         "slowest_process_s": {"p50": round(percentile(slowest, 0.5), 2), "max": round(max(slowest), 2)},
         "bound_s": PROCESS_BOUND_S,
     })
+    assert deadlocks == 0
 
 
 def test_ten_processes_fast(pg_cluster: pgcluster.Cluster, tmp_path: Path) -> None:
@@ -136,6 +140,7 @@ def daemons(cluster: pgcluster.Cluster, tmp_path: Path, *, trials: int, n: int =
     ready_s: list[float] = []
     stop_s: list[float] = []
     applied_by: list[int] = []
+    deadlocks = exactly_once = 0
     for trial in range(trials):
         with fresh_database(cluster, "dmn") as db, contextlib.ExitStack() as stack:
             started = time.monotonic()
@@ -146,7 +151,8 @@ def daemons(cluster: pgcluster.Cluster, tmp_path: Path, *, trials: int, n: int =
                 assert d.proc.poll() is None, d.log()
             ready_s.append(time.monotonic() - started)
             wait_for(lambda: _indexes_valid(db), timeout_s=DAEMON_READY_BOUND_S, what="the registry's indexes")
-            _exactly_once(db)
+            deadlocks += _exactly_once(db)
+            exactly_once += 1
             counts = [d.sample("schemad_migrations_applied_total") or 0.0 for d in ds]
             assert sum(counts) == corpus.SIZE, counts
             applied_by.append(sum(1 for c in counts if c))
@@ -165,15 +171,17 @@ def daemons(cluster: pgcluster.Cluster, tmp_path: Path, *, trials: int, n: int =
                 assert d.proc.wait(timeout=DAEMON_STOP_BOUND_S) == 0, d.log()
             stop_s.append(time.monotonic() - stopping)
             logs = "".join(d.log() for d in ds)
-            assert "40P01" not in logs and "Traceback" not in logs, f"trial {trial}"
+            deadlocks += logs.count("40P01")
+            assert "Traceback" not in logs, f"trial {trial}: {logs[-3000:]}"
     record(f"concurrency_daemons_{trials}", {
         "trials": trials, "daemons_per_trial": n, "migrations": corpus.SIZE, "indexes": len(INDEX_NAMES),
-        "applied_exactly_once_trials": trials, "deadlocks": 0,
+        "applied_exactly_once_trials": exactly_once, "deadlocks": deadlocks,
         "daemons_that_applied_per_trial": sorted(set(applied_by)),
         "all_ready_s": {"p50": round(percentile(ready_s, 0.5), 2), "max": round(max(ready_s), 2)},
         "all_stopped_s": {"p50": round(percentile(stop_s, 0.5), 2), "max": round(max(stop_s), 2)},
         "bounds_s": {"ready": DAEMON_READY_BOUND_S, "stop": DAEMON_STOP_BOUND_S},
     })
+    assert deadlocks == 0
 
 
 def test_five_daemons_fast(pg_cluster: pgcluster.Cluster, tmp_path: Path) -> None:
