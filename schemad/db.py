@@ -87,6 +87,12 @@ class Session:
         del self.notices[:-100]
 
     @property
+    def server_version(self) -> int:
+        """The server's version as ``server_version_num`` (e.g. 150004), from the connection's startup."""
+        v = self._conn.get_server_version()
+        return int(v.major) * 10000 + int(v.minor)
+
+    @property
     def server_pid(self) -> int:
         """The backend pid the server announced at connect time (a pooler announces its own)."""
         return int(self._conn.get_server_pid())

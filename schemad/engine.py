@@ -4,6 +4,7 @@ apply, release, notify. Shared by `schemad migrate` and the daemon.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -15,11 +16,12 @@ from schemad import db, errors, lock, plan, queries, rules
 from schemad.ledger import Ledger
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from schemad.config import Settings
     from schemad.executor import ApplyResult, ExecutorSettings, Hooks
     from schemad.findings import Finding
+    from schemad.migrations import Migration
     from schemad.validation import Validation
 
 log = logging.getLogger("schemad.engine")
@@ -128,30 +130,38 @@ async def _apply_locked(
         return await db.connect(settings, "migrate")
 
     # Imported only when something is to be applied: a run with nothing pending never needs it.
-    from schemad.executor import Executor
+    from schemad.executor import Executor, next_batch
+
+    def applied(result: ApplyResult) -> None:
+        report.applied.append(result)
+        log.info(
+            "applied %s", result.name,
+            extra={"event": "migration_applied", "version": result.version, "migration": result.name,
+                   "duration_s": round(result.duration_s, 4), "statements": result.statements_run,
+                   "tolerated": len(result.tolerated), "attempts": result.attempts},
+        )
 
     ex = Executor(work, ledger, lk, executor_settings(settings), reconnect=reconnect, hooks=hooks)
     try:
-        for m in p.pending:
-            # No separate fence round trip: every path of `apply` fences inside its transaction.
+        start = 0
+        while start < len(p.pending):
+            # Consecutive transactional migrations travel together, each in its own transaction
+            # (executor.apply_batch). No separate fence round trip: every path fences inside
+            # each migration's transaction.
+            batch = next_batch(p.pending, start)
+            before = len(report.applied)
             with anyio.CancelScope() as applying:
                 # The moment the lock is known lost (its connection ended, a lease renewal
                 # failed), cancel the statement in flight: asyncpg asks the server to cancel it,
                 # and nothing more of this migration runs without the lock.
                 lk.on_lost = applying.cancel
                 try:
-                    result = await ex.apply(m)
+                    await ex.apply_batch(batch, applied)
                 finally:
                     lk.on_lost = None
             if applying.cancelled_caught:
-                await _stopped_by_lost_lock(settings, ex.work, ledger, m)
-            report.applied.append(result)
-            log.info(
-                "applied %s", m.name,
-                extra={"event": "migration_applied", "version": m.version, "migration": m.name,
-                       "duration_s": round(result.duration_s, 4), "statements": result.statements_run,
-                       "tolerated": len(result.tolerated), "attempts": result.attempts},
-            )
+                await _stopped_by_lost_lock(settings, ex.work, ledger, batch[len(report.applied) - before :])
+            start += len(batch)
     finally:
         if report.applied and not ex.work.is_closed():
             # Waiting replicas LISTEN on this channel and re-check at once.
@@ -196,29 +206,50 @@ async def _end_stale_holders(work: db.Session) -> None:
                     extra={"event": "stale_holder_ended", "sessions": ended})
 
 
-async def _stopped_by_lost_lock(settings: Settings, work: db.Session, ledger: Ledger, m: Any) -> NoReturn:
-    """The lock went while ``m`` was being applied and its statement was cancelled: end that
-    session for certain (its transaction rolls back now), put the stop on record, stop."""
+async def _stopped_by_lost_lock(
+    settings: Settings, work: db.Session, ledger: Ledger, unreported: Sequence[Migration]
+) -> NoReturn:
+    """The lock went while the first of ``unreported`` (or, in a batch, one after it) was being
+    applied and its statement was cancelled: end that session for certain (its transaction
+    rolls back now), put the stop on record, stop."""
     from schemad.executor import FENCE_SQLSTATE
 
     pid = work.server_pid
     work.terminate()
+    m = unreported[0]
     message = f"the migration lock was lost while applying {m.name}: its statement was cancelled at once"
     try:
         s = await db.connect(settings, "migrate")
     except errors.SchemadError:
+        what = f"whether {m.name}"
+        if len(unreported) > 1:  # a batch: which of them had committed cannot be told from here
+            names = (", ".join(u.name for u in unreported) if len(unreported) <= 5
+                     else f"{m.name} … {unreported[-1].name} ({len(unreported)})")
+            message = (f"the migration lock was lost while applying one of {names} (sent together): "
+                       "its statement was cancelled at once")
+            what = "which of them"
         raise errors.LockLost(
-            f"{message}; the database cannot be reached to tell whether {m.name} committed just before: "
+            f"{message}; the database cannot be reached to tell {what} committed just before: "
             "`schemad status` shows it, and a rerun continues from there"
         ) from None
     try:
         await s.fetchval(queries.TERMINATE_BACKEND, pid)
-        # Our COMMIT already on its way when the lock went is the only way our attempt is recorded.
-        ours = any(
-            int(r["version"]) == m.version and r["applied_by_host"] == db.HOSTNAME and r["applied_by_pid"] == os.getpid()
-            for r in await ledger.applied_full(s)
-        )
-        message += f"; {m.name} had committed just before" if ours else f"; this attempt recorded nothing of {m.name}"
+        # Our COMMITs already on their way when the lock went are the only way our attempt is recorded.
+        ours = {
+            int(r["version"]) for r in await ledger.applied_full(s)
+            if r["applied_by_host"] == db.HOSTNAME and r["applied_by_pid"] == os.getpid()
+        }
+        committed = list(itertools.takewhile(lambda u: u.version in ours, unreported))
+        if committed:
+            stopped = unreported[len(committed)] if len(committed) < len(unreported) else None
+            names = ", ".join(u.name for u in committed)
+            message = (
+                f"the migration lock was lost while applying {stopped.name}: its statement was cancelled at once"
+                if stopped is not None else f"the migration lock was lost after {committed[-1].name}"
+            ) + f"; {names} had committed just before"
+            m = stopped or committed[-1]
+        else:
+            message += f"; this attempt recorded nothing of {m.name}"
         await ledger.event_quietly(
             s, kind="migration", subject=m.name, version=m.version, outcome="failed", sqlstate=FENCE_SQLSTATE,
             message=message, detail={"reason": "lock_lost"},

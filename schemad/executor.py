@@ -7,10 +7,18 @@ back; the migration is then run statement by statement under savepoints, which c
 the error exactly (tolerated "already exists", retry, or fatal) with the statement's
 position. Either way, commit or nothing: the ledger row and the `applied` event commit
 with the migration's statements or not at all.
+
+Batches (`apply_batch`): consecutive transactional migrations travel together, each still
+in its own BEGIN ... COMMIT with its own fences, ledger row and event. The server runs a
+simple-query message statement by statement and skips everything after an error, so the
+migrations before a failure are committed, the failing one is rolled back and nothing
+after it runs; the ledger tells which is which, and the failing one continues as a failed
+fast path (savepoints, retries). One round trip for many migrations instead of one each.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -24,6 +32,8 @@ from schemad import classify, db, errors, queries
 from schemad.classify import Outcome
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from schemad.db import Session
     from schemad.ledger import Ledger
     from schemad.lock import AdvisoryLock
@@ -33,6 +43,33 @@ log = logging.getLogger("schemad.executor")
 
 FENCE_SQLSTATE = "SD001"
 _SAVEPOINT = "schemad_stmt"
+# The one-round-trip send's start of this migration (a transaction-local setting) and its age.
+_STARTED = "schemad.migration_started"
+_ELAPSED_S = f"extract(epoch FROM clock_timestamp() - current_setting('{_STARTED}')::timestamptz)"
+# A batch is bounded so that progress (logs, metrics) keeps coming and a message stays small.
+BATCH_MAX_MIGRATIONS = 200
+BATCH_MAX_BYTES = 1 << 20
+# Before PostgreSQL 13, statement_timeout covered a whole simple-query message, not each statement.
+BATCH_MIN_SERVER_VERSION = 130000
+
+
+def next_batch(
+    pending: Sequence[Migration], start: int, *, max_migrations: int = BATCH_MAX_MIGRATIONS,
+    max_bytes: int = BATCH_MAX_BYTES,
+) -> list[Migration]:
+    """The migrations from ``start`` that travel together: consecutive transactional ones,
+    bounded in count and size. A no-transaction migration always goes alone."""
+    first = pending[start]
+    if not first.transactional:
+        return [first]
+    out = [first]
+    size = sum(len(st.text) for st in first.statements)
+    for m in pending[start + 1 :]:
+        size += sum(len(st.text) for st in m.statements)
+        if not m.transactional or len(out) >= max_migrations or size > max_bytes:
+            break
+        out.append(m)
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,8 +150,49 @@ class Executor:
 
     # ------------------------------------------------------------------ public
 
-    async def apply(self, m: Migration) -> ApplyResult:
-        """Apply one migration exactly once, or raise `errors.MigrationFailed` with nothing recorded."""
+    async def apply_batch(self, batch: Sequence[Migration], on_applied: Callable[[ApplyResult], None]) -> None:
+        """Apply ``batch`` (from `next_batch`) in order, or raise like `apply` at the first that
+        fails for good; ``on_applied`` hears of each migration as soon as it is known committed."""
+        if len(batch) == 1 or not self.settings.fast_path or self.work.server_version < BATCH_MIN_SERVER_VERSION:
+            for m in batch:
+                on_applied(await self.apply(m))
+            return
+        sql = "\n;\n".join(part for m in batch for part in self._one_trip(m, self.settings.lock_timeout_s))
+        failure: errors.DatabaseError | None = None
+        try:
+            await self.work.execute(sql)
+        except errors.ConnectionLost as exc:
+            if self._reconnect is None:
+                raise
+            failure = exc
+            self.work = await self._reconnect()
+            await self.lock.fence(self.work)  # raises LockLost if the lock went with the connection
+        except errors.DatabaseError as exc:
+            failure = exc
+            await self._rollback()
+        # Which migrations committed, and how long each took (measured by the server).
+        recorded = {
+            int(r["version"]): float(r["duration_s"])
+            for r in await self.work.fetch(self.ledger.sql(queries.RECORDED_DURATIONS), [m.version for m in batch])
+        }
+        done = list(itertools.takewhile(lambda m: m.version in recorded, batch))
+        if len(done) != len(recorded) or (failure is None and len(done) != len(batch)):
+            raise errors.SchemadError(
+                f"the ledger holds {sorted(recorded)} of the batch {[m.version for m in batch]}: not the applied prefix"
+            )
+        for m in done:
+            on_applied(ApplyResult(version=m.version, name=m.name, duration_s=recorded[m.version],
+                                   statements_run=len(m.statements), attempts=1, fast_path=True))
+        if failure is not None:
+            on_applied(await self.apply(batch[len(done)], first_failure=failure))
+            for m in batch[len(done) + 1 :]:
+                on_applied(await self.apply(m))
+
+    async def apply(self, m: Migration, *, first_failure: errors.DatabaseError | None = None) -> ApplyResult:
+        """Apply one migration exactly once, or raise `errors.MigrationFailed` with nothing recorded.
+
+        ``first_failure``: its one-round-trip send (in a batch) already failed with this error.
+        """
         started = time.monotonic()
         attempt = 0
         while True:
@@ -124,7 +202,10 @@ class Executor:
                 # The fast path only on the first attempt: after any failure, savepoints
                 # name the exact statement (and its table's blockers) on every retry.
                 # The `applied` event travels inside the migration's own transaction.
-                result = await self._attempt(m, lock_timeout_s=lock_timeout_s, attempt=attempt)
+                result = await self._attempt(
+                    m, lock_timeout_s=lock_timeout_s, attempt=attempt,
+                    first_failure=first_failure if attempt == 1 else None,
+                )
                 result.attempts = attempt
                 return result
             except errors.LockLost as exc:
@@ -171,10 +252,15 @@ class Executor:
 
     # ------------------------------------------------------------------ attempts
 
-    async def _attempt(self, m: Migration, *, lock_timeout_s: float, attempt: int) -> ApplyResult:
+    async def _attempt(
+        self, m: Migration, *, lock_timeout_s: float, attempt: int, first_failure: errors.DatabaseError | None
+    ) -> ApplyResult:
         try:
             if not m.transactional:
                 return await self._run_autocommit(m, lock_timeout_s, attempt)
+            if first_failure is not None:
+                self._fast_path_failed(m, first_failure)
+                return await self._run_savepoints(m, lock_timeout_s, attempt)
             if self.settings.fast_path and attempt == 1:
                 one_trip = await self._run_fast(m, lock_timeout_s)
                 if one_trip is not None:
@@ -197,13 +283,21 @@ class Executor:
             )
         raise _Retryable(Outcome.CONNECTION, exc, None) from None
 
-    async def _run_fast(self, m: Migration, lock_timeout_s: float) -> ApplyResult | None:
-        """One round trip; None when it failed in a way the savepoint path must classify."""
+    def _one_trip(self, m: Migration, lock_timeout_s: float) -> list[str]:
+        """One migration as one transaction of statements to send together."""
         s = self.settings
-        parts = [
+        lock_timeout = _ms(max(lock_timeout_s, m.directives.lock_timeout_s or 0))
+        statement_timeout = _ms(m.directives.statement_timeout_s or s.statement_timeout_s)
+        # As SET LOCAL, and the start time for the ledger row: in a batch, now() and
+        # statement_timestamp() are the batch's, not this migration's.
+        settings = (
+            f"SELECT set_config('lock_timeout', '{lock_timeout}ms', true), "
+            f"set_config('statement_timeout', '{statement_timeout}ms', true), "
+            f"set_config('{_STARTED}', clock_timestamp()::text, true)"
+        )
+        return [
             "BEGIN",
-            f"SET LOCAL lock_timeout = '{_ms(lock_timeout_s)}ms'",
-            f"SET LOCAL statement_timeout = '{_ms(m.directives.statement_timeout_s or s.statement_timeout_s)}ms'",
+            settings,
             self.lock.fence_sql(),
             *(st.text for st in m.statements),
             # Fence again before the ledger row: if the lock went while the statements ran
@@ -213,28 +307,36 @@ class Executor:
             self._applied_event_sql(m),
             "COMMIT",
         ]
-        if m.directives.lock_timeout_s is not None:
-            parts[1] = f"SET LOCAL lock_timeout = '{_ms(max(lock_timeout_s, m.directives.lock_timeout_s))}ms'"
+
+    async def _run_fast(self, m: Migration, lock_timeout_s: float) -> ApplyResult | None:
+        """One round trip; None when it failed in a way the savepoint path must classify."""
         started = time.monotonic()
         try:
             # Newlines around each statement: a trailing "-- comment" must not swallow the next one.
-            await self.work.execute("\n;\n".join(parts))
+            await self.work.execute("\n;\n".join(self._one_trip(m, lock_timeout_s)))
         except errors.ConnectionLost:
             raise
         except errors.DatabaseError as exc:
             await self._rollback()
-            if exc.sqlstate == FENCE_SQLSTATE:
-                raise errors.LockLost(
-                    f"the migration lock was lost while applying {m.name}; nothing of {m.name} was recorded"
-                ) from None
-            outcome = classify.classify(exc.sqlstate, strict=s.strict)
-            if outcome in (Outcome.RETRY, Outcome.LOCK_TIMEOUT):
-                raise _Retryable(outcome, exc, None) from None
+            self._fast_path_failed(m, exc)
             return None
         return ApplyResult(
             version=m.version, name=m.name, duration_s=time.monotonic() - started,
             statements_run=len(m.statements), attempts=1, fast_path=True,
         )
+
+    def _fast_path_failed(self, m: Migration, exc: errors.DatabaseError) -> None:
+        """After a failed (and rolled back) one-round-trip send: raise what ends or retries
+        the attempt, or return for the savepoint path to find the statement."""
+        if exc.sqlstate == FENCE_SQLSTATE:
+            raise errors.LockLost(
+                f"the migration lock was lost while applying {m.name}; nothing of {m.name} was recorded"
+            ) from None
+        if isinstance(exc, errors.ConnectionLost):  # reconnected and fenced already (`apply_batch`)
+            raise _Retryable(Outcome.CONNECTION, exc, None) from None
+        outcome = classify.classify(exc.sqlstate, strict=self.settings.strict)
+        if outcome in (Outcome.RETRY, Outcome.LOCK_TIMEOUT):
+            raise _Retryable(outcome, exc, None) from None
 
     async def _run_savepoints(self, m: Migration, lock_timeout_s: float, attempt: int) -> ApplyResult:
         s = self.settings
@@ -373,8 +475,7 @@ class Executor:
         """`_record_applied` for the one-round-trip send: first attempt, nothing tolerated."""
         return self.ledger.sql(
             "INSERT INTO {schema}.events (kind, subject, version, outcome, duration_s, attempt, host, pid, detail) "
-            f"VALUES ('migration', {db.quote_literal(m.name)}, {int(m.version)}, 'applied', "
-            "extract(epoch FROM clock_timestamp() - statement_timestamp()), 1, "
+            f"VALUES ('migration', {db.quote_literal(m.name)}, {int(m.version)}, 'applied', {_ELAPSED_S}, 1, "
             f"{db.quote_literal(db.HOSTNAME)}, {os.getpid()}, "
             """'{"tolerated": [], "fast_path": true}')"""
         )
@@ -382,10 +483,10 @@ class Executor:
     def _ledger_insert_sql(self, m: Migration, *, tolerated: int) -> str:
         # Every value is ours: an int, a [a-z0-9_] name, a hex checksum, the host name quoted.
         return self.ledger.sql(
-            "INSERT INTO {schema}.migrations (version, name, checksum, duration_s, applied_by_host, "
+            "INSERT INTO {schema}.migrations (version, name, checksum, applied_at, duration_s, applied_by_host, "
             "applied_by_pid, statements_run, statements_tolerated, transactional) VALUES ("
             f"{int(m.version)}, {db.quote_literal(m.name)}, {db.quote_literal(m.checksum)}, "
-            "extract(epoch FROM clock_timestamp() - statement_timestamp()), "
+            f"current_setting('{_STARTED}')::timestamptz, {_ELAPSED_S}, "
             f"{db.quote_literal(db.HOSTNAME)}, {os.getpid()}, {len(m.statements)}, {tolerated}, true)"
         )
 

@@ -70,6 +70,7 @@ SELECT version, name, checksum, applied_at, duration_s, applied_by_host, applied
        statements_run, statements_tolerated, transactional, baselined
 FROM {schema}.migrations ORDER BY version
 """
+RECORDED_DURATIONS = "SELECT version, duration_s FROM {schema}.migrations WHERE version = ANY($1::bigint[])"
 INSERT_MIGRATION = """
 INSERT INTO {schema}.migrations
     (version, name, checksum, duration_s, applied_by_host, applied_by_pid,

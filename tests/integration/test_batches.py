@@ -1,0 +1,143 @@
+"""Batches: consecutive transactional migrations travel in one round trip, each still in its
+own transaction with its ledger row and event; the first failure stops the batch with the
+migrations before it committed and its own error classified exactly, as when sent alone."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import asyncpg
+import pytest
+
+from schemad import engine, errors, executor, migrations, validation
+from tests.conftest import Database, make_settings, write_migrations
+from tests.integration.test_migrate import events, ledger, migrate, records, table_exists
+
+if TYPE_CHECKING:
+    import logging
+    from pathlib import Path
+
+pytestmark = pytest.mark.anyio
+__all__ = ["records"]  # the fixture, imported for the tests below
+
+
+def _files(n: int, **special: str) -> dict[str, str]:
+    files = {f"{i:04d}_m{i}.sql": f"CREATE TABLE m{i} (id int);\nCOMMENT ON TABLE m{i} IS 'x';\n" for i in range(1, n + 1)}
+    for name, text in special.items():
+        files[next(k for k in files if k.endswith(f"_{name}.sql"))] = text
+    return files
+
+
+async def test_a_batch_applies_each_migration_in_its_own_transaction(
+    database: Database, folders: tuple[Path, Path], records: list[logging.LogRecord]
+) -> None:
+    mdir, idir = folders
+    write_migrations(mdir, _files(12))
+    report = await migrate(database, mdir, idir)
+    assert [r.version for r in report.applied] == list(range(1, 13))
+    assert all(r.fast_path and r.attempts == 1 and r.duration_s > 0 for r in report.applied)
+    assert [v for v, *_ in ledger(database)] == list(range(1, 13))
+    # One transaction each: twelve transaction ids, start times in order, every row timed on its own.
+    rows = database.sql(
+        "SELECT count(DISTINCT xmin::text), bool_and(duration_s > 0), "
+        "bool_and(applied_at <= applied_at_next OR applied_at_next IS NULL) FROM ("
+        "  SELECT xmin, duration_s, applied_at, lead(applied_at) OVER (ORDER BY version) AS applied_at_next "
+        "  FROM schemad.migrations) t"
+    )
+    assert rows == "12|t|t"
+    applied = [e for e in events(database) if e["outcome"] == "applied"]
+    assert [e["version"] for e in applied] == list(range(1, 13))
+    logged = [getattr(r, "version", None) for r in records if getattr(r, "event", None) == "migration_applied"]
+    assert logged == list(range(1, 13))
+
+
+async def test_a_failure_stops_the_batch_after_the_migrations_before_it(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    mdir, idir = folders
+    write_migrations(mdir, _files(6, m4="CREATE TABLE m4 (id int);\n\nALTER TABLE nowhere ADD COLUMN x int;\n"))
+    with pytest.raises(errors.MigrationFailed) as info:
+        await migrate(database, mdir, idir)
+    err = info.value
+    # Classified exactly, by the savepoint re-run: the statement's position and SQLSTATE.
+    assert (err.version, err.sqlstate, err.line, err.col, err.reason) == (4, "42P01", 3, 1, "sql_error")
+    assert [v for v, *_ in ledger(database)] == [1, 2, 3]
+    assert not table_exists(database, "m4") and not table_exists(database, "m5")
+    failed = [e for e in events(database) if e["outcome"] == "failed"]
+    assert [(e["version"], e["sqlstate"], e["detail"]["line"]) for e in failed] == [(4, "42P01", 3)]
+
+
+async def test_a_tolerated_error_mid_batch_is_counted_and_the_rest_applies(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    mdir, idir = folders
+    database.sql("CREATE TABLE made_by_hand (id int)")
+    write_migrations(mdir, _files(5, m3="CREATE TABLE made_by_hand (id int);\nCREATE TABLE m3 (id int);\n"))
+    report = await migrate(database, mdir, idir)
+    assert [r.version for r in report.applied] == [1, 2, 3, 4, 5]
+    assert [(r.version, len(r.tolerated)) for r in report.applied if r.tolerated] == [(3, 1)]
+    assert [(v, t) for v, _n, _r, t, _tr in ledger(database)] == [(1, 0), (2, 0), (3, 1), (4, 0), (5, 0)]
+
+
+async def test_a_no_transaction_migration_goes_alone(database: Database, folders: tuple[Path, Path]) -> None:
+    mdir, idir = folders
+    files = _files(5)
+    files["0003_m3.sql"] = "-- schemad:no-transaction\nCREATE TABLE m3 (id int);\n"
+    write_migrations(mdir, files)
+    val = validation.validate(mdir, idir)
+    assert [[m.version for m in b] for b in _batches(val.migrations)] == [[1, 2], [3], [4, 5]]
+    await migrate(database, mdir, idir)
+    assert [(v, tr) for v, _n, _r, _t, tr in ledger(database)] == [
+        (1, True), (2, True), (3, False), (4, True), (5, True)
+    ]
+
+
+def _batches(pending: list[migrations.Migration], **limits: Any) -> list[list[migrations.Migration]]:
+    out, start = [], 0
+    while start < len(pending):
+        out.append(executor.next_batch(pending, start, **limits))
+        start += len(out[-1])
+    return out
+
+
+async def test_batches_are_bounded(folders: tuple[Path, Path]) -> None:
+    mdir, idir = folders
+    write_migrations(mdir, _files(7))
+    ms = validation.validate(mdir, idir).migrations
+    assert [len(b) for b in _batches(ms, max_migrations=3)] == [3, 3, 1]
+    one = sum(len(st.text) for st in ms[0].statements)
+    assert [len(b) for b in _batches(ms, max_bytes=2 * one)] == [2, 2, 2, 1]
+
+
+async def test_a_lock_timeout_mid_batch_retries_that_migration_then_goes_on(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    mdir, idir = folders
+    database.sql("CREATE TABLE busy (id int)")
+    write_migrations(mdir, _files(4, m2="ALTER TABLE busy ADD COLUMN extra int;\n"))
+    settings = make_settings(database.dsn, mdir, idir, lock_timeout_s=0.2, retry_max_attempts=30, retry_budget_s=30)
+    blocker = await asyncpg.connect(database.dsn)
+    await blocker.execute("BEGIN; LOCK TABLE busy IN ACCESS SHARE MODE")
+    out: dict[str, Any] = {}
+
+    async def run() -> None:
+        out["report"] = await engine.migrate(settings, validation.validate(mdir, idir))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            with anyio.fail_after(10):
+                while True:
+                    if database.sql("SELECT to_regclass('schemad.events') IS NOT NULL") == "t" and database.sql(
+                        "SELECT count(*) FROM schemad.events WHERE outcome = 'retry'"
+                    ) != "0":
+                        break
+                    await anyio.sleep(0.02)
+            assert [v for v, *_ in ledger(database)] == [1]
+            await blocker.execute("ROLLBACK")
+    finally:
+        await blocker.close()
+    report: engine.RunReport = out["report"]
+    assert [(r.version, r.attempts > 1) for r in report.applied] == [(1, False), (2, True), (3, False), (4, False)]
+    assert [v for v, *_ in ledger(database)] == [1, 2, 3, 4]
