@@ -53,7 +53,9 @@ async def run(dsn: str, rows: int, rounds: int) -> None:
             (folder / "bench.sql").write_text(INDEX, encoding="utf-8")
             specs, findings = indexes.discover(folder)
             assert not findings, findings
-            settings = config.Settings(dsn=dsn, indexes_dir=folder, migrations_dir=Path(tmp) / "migrations")
+            settings = config.Settings(
+                dsn=config.SecretStr(dsn), indexes_dir=folder, migrations_dir=Path(tmp) / "migrations"
+            )
             await conn.execute("SELECT count(*) FROM bench_t")  # warm the cache
             results: dict[str, list[float]] = {"CREATE INDEX": [], "CREATE INDEX CONCURRENTLY": [],
                                                "schemad (whole run)": [], "schemad (the CIC statement)": []}
