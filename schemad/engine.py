@@ -16,7 +16,7 @@ from schemad import db, errors, lock, plan, queries, rules
 from schemad.ledger import Ledger
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Sequence
 
     from schemad.config import Settings
     from schemad.executor import ApplyResult, ExecutorSettings, Hooks
@@ -101,7 +101,7 @@ async def migrate(
             if on_lock is not None:
                 on_lock(True)
             try:
-                report = await _leased(
+                report = await lock.renewing(
                     lk, settings.lock_lease_s, lambda: _apply_locked(settings, validation, work, lk, hooks)
                 )
                 report.lock_waited_s = waited
@@ -173,23 +173,6 @@ async def _apply_locked(
         if ex.work is not work:
             await ex.work.close()
     return report
-
-
-async def _leased(lk: lock.AdvisoryLock, lease_s: float, work: Callable[[], Awaitable[RunReport]]) -> RunReport:
-    """Run ``work`` while a sibling task renews the lock's lease (`AdvisoryLock.renew`)."""
-    done: list[RunReport] = []
-    failed: list[errors.SchemadError] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(lk.renew, lease_s)
-        try:
-            done.append(await work())
-        except errors.SchemadError as exc:  # re-raised below as itself, not inside an ExceptionGroup
-            failed.append(exc)
-        finally:
-            tg.cancel_scope.cancel()
-    if failed:
-        raise failed[0]
-    return done[0]
 
 
 async def _end_stale_holders(work: db.Session) -> None:

@@ -231,7 +231,8 @@ class Run:
             await self._ensure_ledger(ns)
             # Render every registry definition now: no transaction may open once builds run.
             await self.observer.prime(specs)
-            await self._all(specs)
+            # The lease lets a frozen builder's lock go (see lock.py), between builds and during one.
+            await lock.renewing(self.index_lock, settings.lock_lease_s, lambda: self._all(specs))
         finally:
             if self.index_lock is not None:
                 await self.index_lock.release()

@@ -11,9 +11,9 @@ reused by another backend cannot pass it either.
 
 Lease: a holder that is frozen (SIGSTOP, a paused VM) keeps its connection open, and its
 kernel still answers TCP keepalives, so nothing on the network ever frees its lock. While
-it holds the lock, schemad renews a lease instead: the lock session gets
-`idle_session_timeout = lease`, and a live holder runs a no-op every lease/3. A holder that
-stops renewing is disconnected by the server itself, which frees the lock (PostgreSQL 14+).
+it holds the lock, schemad renews a lease instead (`renewing`): the lock session gets
+`idle_session_timeout = lease`, and a live holder runs a no-op on it every lease/3. A holder
+that stops renewing is disconnected by the server itself, which frees the lock (PostgreSQL 14+).
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ import logging
 import random
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from schemad import errors, queries
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from schemad.db import Session
+
+T = TypeVar("T")
 
 log = logging.getLogger("schemad.lock")
 
@@ -95,6 +97,7 @@ class AdvisoryLock:
         # Called once, the moment a held lock is known to be lost (its connection ended, a
         # renewal failed): the engine cancels the statement in flight with it.
         self.on_lost: Callable[[], None] | None = None
+        self._io = anyio.Lock()  # the session serves one statement at a time: renewals vs. lock/unlock
         s.on_termination(self._on_terminated)
 
     def _on_terminated(self) -> None:
@@ -113,12 +116,13 @@ class AdvisoryLock:
 
     async def try_acquire(self) -> bool:
         token = secrets.randbits(63)
-        got = await self.session.fetchval(queries.TRY_LOCK_FENCED, self.key, token)
-        if got is None:
-            return False
-        if not got:  # the lock is ours but another session holds this token: draw again
-            await self.session.fetchval(queries.UNLOCK, self.key)
-            return False
+        async with self._io:
+            got = await self.session.fetchval(queries.TRY_LOCK_FENCED, self.key, token)
+            if got is None:
+                return False
+            if not got:  # the lock is ours but another session holds this token: draw again
+                await self.session.fetchval(queries.UNLOCK, self.key)
+                return False
         self.holder_pid = self.session.server_pid
         self.token = token
         self._lost = False
@@ -140,27 +144,28 @@ class AdvisoryLock:
             await anyio.sleep(min(remaining, poll_s * (0.5 + random.random())))
 
     async def renew(self, lease_s: float) -> None:
-        """Keep the lease while the lock is held (run beside the work; never raises).
-
-        A renewal that fails means the lock session is gone, and the lock with it."""
+        """Keep the lock session's lease for as long as it is open (run beside the work, see
+        `renewing`; never raises). A renewal that fails means the session is gone, and the lock
+        with it."""
         if lease_s <= 0:
             return
         try:
-            await self.session.execute(queries.SET_LEASE.format(ms=max(1, int(lease_s * 1000))))
+            async with self._io:
+                await self.session.execute(queries.SET_LEASE.format(ms=max(1, int(lease_s * 1000))))
         except errors.DatabaseError as exc:  # PostgreSQL 13 and older: no idle_session_timeout
             log.warning("no lock lease on this server: a frozen holder keeps the lock until it dies",
                         extra={"event": "lock_lease_unsupported", "lock": self.name, "sqlstate": exc.sqlstate})
             return
-        while self.held:
+        while not self.session.is_closed():
             await anyio.sleep(lease_s / 3)
-            if not self.held:
-                return
             # Shielded: a renewal cancelled half-way would leave the session busy for the release.
             with anyio.move_on_after(lease_s, shield=True):
                 try:
-                    await self.session.execute(queries.RENEW_LEASE)
+                    async with self._io:
+                        await self.session.execute(queries.RENEW_LEASE)
                 except errors.SchemadError:
-                    self._lose()
+                    if self.holder_pid is not None:
+                        self._lose()
                     return
 
     async def fence(self, via: Session) -> None:
@@ -187,11 +192,29 @@ class AdvisoryLock:
         try:
             if not self.session.is_closed():
                 with anyio.CancelScope(shield=True):
-                    # The token first: from here on no fence passes.
-                    await self.session.fetchval(queries.UNLOCK_FENCED, self.token or 0, self.key)
+                    async with self._io:
+                        # The token first: from here on no fence passes.
+                        await self.session.fetchval(queries.UNLOCK_FENCED, self.token or 0, self.key)
         except errors.SchemadError:
             pass
         finally:
             self.holder_pid = None
             self.token = None
             log.info("lock released", extra={"event": "lock_released", "lock": self.name})
+
+
+async def renewing(lk: AdvisoryLock, lease_s: float, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` while a sibling task renews ``lk``'s lease (`AdvisoryLock.renew`)."""
+    done: list[T] = []
+    failed: list[errors.SchemadError] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lk.renew, lease_s)
+        try:
+            done.append(await work())
+        except errors.SchemadError as exc:  # re-raised below as itself, not inside an ExceptionGroup
+            failed.append(exc)
+        finally:
+            tg.cancel_scope.cancel()
+    if failed:
+        raise failed[0]
+    return done[0]

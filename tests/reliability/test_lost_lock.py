@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from typing import TYPE_CHECKING
 
@@ -189,3 +190,80 @@ def test_frozen_holder_default_lease(database: Database, tmp_path: Path) -> None
     assert figures["lock_lost_s"] <= lease + 0.5, figures
     assert figures["other_applied_s"] <= lease + 2.0, figures
     record("frozen_holder_default_lease", _rounded(figures))
+
+
+def frozen_index_builder(db: Database, tmp_path: Path, lease_s: float) -> dict[str, float]:
+    """The index lock has the same lease: a replica frozen while its concurrent builds wait
+    for a writer loses the index lock within the lease, and the other replica goes on with
+    the registry."""
+    work = tmp_path / "work"
+    (work / "migrations").mkdir(parents=True)
+    (work / "indexes").mkdir()
+    db.sql("CREATE TABLE big (id int, v int); CREATE TABLE small (id int, v int)")
+    (work / "migrations" / "0001_other.sql").write_text("CREATE TABLE other (id int);\n")
+    (work / "indexes" / "a.sql").write_text("-- schemad:critical\nCREATE INDEX big_v_idx ON big (v);\n")
+    (work / "indexes" / "b.sql").write_text("CREATE INDEX small_v_idx ON small (v);\n")
+    env = {"SCHEMAD_LOCK_LEASE_S": str(lease_s), "SCHEMAD_RECONCILE_INTERVAL_S": "1",
+           "SCHEMAD_INDEX_CONCURRENCY": "2"}
+    # An open writer holds up big_v_idx's concurrent build from the start.
+    writer = subprocess.Popen(
+        ["psql", db.dsn, "-X", "-q", "-c", "BEGIN; INSERT INTO big VALUES (1, 1); SELECT pg_sleep(600);"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PGAPPNAME": "test-writer"},
+    )
+    app = ""
+
+    def building() -> bool:
+        nonlocal app
+        app = db.sql(
+            "SELECT coalesce(max(a.application_name), '') FROM pg_stat_progress_create_index p "
+            "JOIN pg_stat_activity a ON a.pid = p.pid WHERE a.application_name LIKE 'schemad:index:%'"
+        )
+        return app != ""
+
+    with contextlib.ExitStack() as stack:
+        try:
+            poll(lambda: db.sql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                "WHERE c.relname = 'big' AND l.mode = 'RowExclusiveLock' AND l.granted") != "0",
+                 timeout_s=10, what="the writer's lock")
+            daemons = spawn_daemons(stack, db.dsn, work, 2, extra_env=env)
+            poll(building, timeout_s=30, what="a build waiting for the writer")
+            holder = next(d for d in daemons if d.proc.pid == int(app.rsplit(":", 1)[1]))
+            other = next(d for d in daemons if d is not holder)
+            held_by_holder = (
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                f"WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'schemad:index-lock:%:{holder.proc.pid}'"
+            )
+            assert db.sql(held_by_holder) != "0", "the builder holds the index lock"
+            os.kill(holder.proc.pid, signal.SIGSTOP)
+            try:
+                took = poll(lambda: db.sql(held_by_holder) == "0", timeout_s=lease_s + TAKEOVER_BOUND_S,
+                            what="the frozen builder to lose the index lock")
+                # Its builds go on on the server, frozen client or not, and finish once the
+                # writer is gone; the other replica, finding them running, waits for them.
+                db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'test-writer'")
+                poll(lambda: db.sql(
+                    "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname IN ('big_v_idx', 'small_v_idx') AND i.indisvalid") == "2",
+                    timeout_s=TAKEOVER_BOUND_S, what="both indexes valid while their builder is still frozen")
+                # A new registry index: the replica that is not frozen builds it.
+                (work / "indexes" / "c.sql").write_text("CREATE INDEX small_id_idx ON small (id);\n")
+                poll(lambda: db.sql(
+                    "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                    "WHERE c.relname = 'small_id_idx' AND i.indisvalid") == "1",
+                    timeout_s=TAKEOVER_BOUND_S, what="the other replica to build a new index")
+            finally:
+                os.kill(holder.proc.pid, signal.SIGCONT)
+        finally:
+            db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'test-writer'")
+            writer.wait()
+        _ready(daemons)
+        for d in daemons:
+            assert d.stop() == 0, d.log()
+    assert "[index_build_started] building small_id_idx" in other.log()
+    return {"lease_s": lease_s, "index_lock_lost_s": took}
+
+
+def test_frozen_index_builder_fast(database: Database, tmp_path: Path) -> None:
+    figures = frozen_index_builder(database, tmp_path, lease_s=2.0)
+    record("frozen_index_builder_lease_2s", _rounded(figures))
