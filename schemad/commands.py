@@ -74,9 +74,14 @@ def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, dt.datetime) else value
 
 
-async def gather_status(settings: Settings, *, session: db.Session | None = None) -> dict[str, Any]:
-    """The `schemad status --json` document (shape documented in docs/status.md)."""
-    val = validation.validate(settings.migrations_dir, settings.indexes_dir, strict=settings.strict)
+async def gather_status(
+    settings: Settings, *, session: db.Session | None = None, checked: validation.Validation | None = None
+) -> dict[str, Any]:
+    """The `schemad status --json` document (shape documented in docs/status.md).
+
+    ``checked``: the folders as just validated by the caller (the daemon's cycle), not read again.
+    """
+    val = checked or validation.validate(settings.migrations_dir, settings.indexes_dir, strict=settings.strict)
     own = session is None
     s = session or await db.connect(settings, "status")
     try:

@@ -254,7 +254,7 @@ class Daemon:
 
     async def _refresh(self, val: validation.Validation) -> None:
         try:
-            doc = await commands.gather_status(self.settings)
+            doc = await commands.gather_status(self.settings, checked=val)
         except errors.SchemadError as exc:
             self.state.ready = False
             self.state.status = {"state": "database unavailable", "error": redact.scrub(exc.message)}

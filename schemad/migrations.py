@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from schemad import directives, rules, sourcefiles, sqlparser
@@ -41,14 +41,46 @@ class MigrationStatement:
         return self.stmt.text
 
 
+class Statements:
+    """A migration's statements, or how to build them on first use: a migration found in
+    the parse cache (`parsecache`) that is already applied never needs its statements."""
+
+    __slots__ = ("_build", "_value")
+
+    def __init__(
+        self, value: tuple[MigrationStatement, ...] | None = None,
+        build: Callable[[], tuple[MigrationStatement, ...]] | None = None,
+    ) -> None:
+        if (value is None) == (build is None):
+            raise ValueError("give the statements or how to build them")
+        self._value = value
+        self._build = build
+
+    def get(self) -> tuple[MigrationStatement, ...]:
+        if self._value is None:
+            assert self._build is not None
+            self._value, self._build = self._build(), None
+        return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Statements) and self.get() == other.get()
+
+    def __hash__(self) -> int:
+        return hash(self.get())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Migration:
     version: int
     slug: str
     path: str
-    statements: tuple[MigrationStatement, ...]
+    body: Statements = field(repr=False)
     directives: directives.Directives
     checksum: str
+
+    @property
+    def statements(self) -> tuple[MigrationStatement, ...]:
+        return self.body.get()
 
     @property
     def name(self) -> str:
@@ -99,7 +131,7 @@ def parse_migration(
     )
     findings = [rules.finding("E108", path, e.line, e.col, e.message) for e in errs]
     migration = Migration(
-        version=version, slug=slug, path=path, statements=stmts, directives=found, checksum=checksum(parsed)
+        version=version, slug=slug, path=path, body=Statements(stmts), directives=found, checksum=checksum(parsed)
     )
     return migration, findings
 

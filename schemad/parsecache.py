@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemad import __version__, directives, sqlparser
 from schemad.findings import Finding, Severity
-from schemad.migrations import Migration, MigrationStatement
+from schemad.migrations import Migration, MigrationStatement, Statements
 from schemad.sqlparser import AlterCmd, IndexDef, SqlSyntaxError, Statement
 
 if TYPE_CHECKING:
@@ -229,19 +229,29 @@ def _decode_migration(
     if entry[0] is None:
         return None, found
     stmts_raw, (transactional, lock_timeout_s, statement_timeout_s, allow), checksum, _ = entry
-    decoded = _decode((_OK, tuple(raw for _i, _l, _c, raw in stmts_raw)), source.text)
-    if not isinstance(decoded, list) or not isinstance(checksum, str):
+    text = source.text
+    # Checked now, built when first used (an applied migration's never are).
+    if not isinstance(checksum, str) or not all(
+        isinstance(i, int) and isinstance(line, int) and isinstance(col, int)
+        and isinstance(raw[0], int) and isinstance(raw[1], int) and 0 <= raw[0] <= raw[1] <= len(text)
+        for i, line, col, raw in stmts_raw
+    ):
         return None
-    stmts = tuple(
-        MigrationStatement(index=i, line=line, col=col, stmt=st)
-        for (i, line, col, _raw), st in zip(stmts_raw, decoded, strict=True)
-    )
+
+    def build() -> tuple[MigrationStatement, ...]:
+        decoded = _decode((_OK, tuple(raw for _i, _l, _c, raw in stmts_raw)), text)
+        assert isinstance(decoded, list)
+        return tuple(
+            MigrationStatement(index=i, line=line, col=col, stmt=st)
+            for (i, line, col, _raw), st in zip(stmts_raw, decoded, strict=True)
+        )
+
     d = directives.Directives(
         transactional=bool(transactional), lock_timeout_s=lock_timeout_s, statement_timeout_s=statement_timeout_s,
         allow=dict(allow),
     )
     return Migration(
-        version=version, slug=slug, path=source.path, statements=stmts, directives=d, checksum=checksum
+        version=version, slug=slug, path=source.path, body=Statements(build=build), directives=d, checksum=checksum
     ), found
 
 

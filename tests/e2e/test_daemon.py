@@ -158,7 +158,9 @@ def test_failed_index_is_not_rebuilt_every_cycle_until_sighup(tmp_path: Path, da
     with notify_socket(tmp_path) as n:
         d = start_daemon(database.dsn, work, n)
         try:
-            wait_for(lambda: database.sql(failed) == "1", timeout_s=30, what="the first failed build")
+            # The ledger (and its events table) appears with the daemon's first apply.
+            wait_for(lambda: database.sql("SELECT to_regclass('schemad.events') IS NOT NULL") == "t"
+                     and database.sql(failed) == "1", timeout_s=30, what="the first failed build")
             assert d.sample('schemad_index_state{index="dups_k_key",state="failed"}') == 1.0
             # Another process applies a migration: its NOTIFY runs a full cycle here ...
             (work / "migrations" / "0101_more.sql").write_text("CREATE TABLE more_t (id int);\n")
