@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.reliability.support import poll, record, spawn_daemons
+from tests.reliability.support import fresh_database, poll, record, spawn_daemons
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from schemad import pgcluster
     from tests.conftest import Database
     from tests.e2e.daemons import Daemon
 
@@ -178,6 +179,34 @@ def test_frozen_holder_fast(database: Database, tmp_path: Path) -> None:
     assert figures["lock_lost_s"] <= 2.0 + 0.5, figures
     assert figures["other_applied_s"] <= 2.0 + 2.0, figures
     record("frozen_holder_lease_2s", _rounded(figures))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_lost_lock_repeated(pg_cluster: pgcluster.Cluster, tmp_path: Path) -> None:
+    rounds: list[dict[str, float]] = []
+    for r in range(5):
+        with fresh_database(pg_cluster, "lost") as db:
+            terminated = terminated_lock(db, tmp_path / f"terminated{r}")
+        with fresh_database(pg_cluster, "frozen") as db:
+            frozen = frozen_holder(db, tmp_path / f"frozen{r}", lease_s=2.0)
+        rounds.append({f"terminated_{k}": v for k, v in terminated.items()}
+                      | {f"frozen_{k}": v for k, v in frozen.items() if k != "lease_s"})
+    record("lost_lock_5_rounds", {
+        key: {"min": round(min(f[key] for f in rounds), 2), "max": round(max(f[key] for f in rounds), 2)}
+        for key in rounds[0]
+    } | {"rounds": len(rounds), "frozen_lease_s": 2.0})
+    assert all(f["frozen_lock_lost_s"] <= 2.0 + 0.5 for f in rounds), rounds
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_frozen_index_builder_default_lease(database: Database, tmp_path: Path) -> None:
+    from schemad import config
+
+    figures = frozen_index_builder(database, tmp_path, lease_s=config.DEFAULT_LOCK_LEASE_S)
+    assert figures["index_lock_lost_s"] <= config.DEFAULT_LOCK_LEASE_S + 0.5, figures
+    record("frozen_index_builder_default_lease", _rounded(figures))
 
 
 @pytest.mark.slow
