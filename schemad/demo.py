@@ -8,9 +8,9 @@ import sys
 from typing import TYPE_CHECKING
 
 import anyio
+from pydantic import SecretStr
 
 from schemad import commands, engine, pgcluster, validation
-from schemad.config import SecretStr
 
 if TYPE_CHECKING:
     from schemad.config import Settings

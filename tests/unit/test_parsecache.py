@@ -93,12 +93,11 @@ def test_an_entry_that_does_not_fit_its_text_is_parsed_again(tmp_path: Path) -> 
     assert (cache.hits, cache.misses) == (0, 1)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_a_read_only_cache_directory_just_means_no_cache(tmp_path: Path) -> None:
-    root = tmp_path / "cache"
-    root.mkdir(mode=0o500)
+def test_a_read_only_cache_location_just_means_no_cache(tmp_path: Path) -> None:
+    # /proc refuses new entries even to root (CI runs as root), like a read-only HOME would.
+    root = Path("/proc/self/schemad-cache")
     cache = _fill(tmp_path / "m", root)
-    assert not list(root.iterdir())
+    assert not root.exists()
     assert cache.misses == len(TEXTS) + 1
 
 
