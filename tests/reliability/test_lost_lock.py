@@ -296,3 +296,33 @@ def frozen_index_builder(db: Database, tmp_path: Path, lease_s: float) -> dict[s
 def test_frozen_index_builder_fast(database: Database, tmp_path: Path) -> None:
     figures = frozen_index_builder(database, tmp_path, lease_s=2.0)
     record("frozen_index_builder_lease_2s", _rounded(figures))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_without_a_lease_a_frozen_holder_keeps_the_lock(database: Database, tmp_path: Path) -> None:
+    """Why the lease exists: a stopped process's kernel still answers TCP keepalives and its
+    socket stays open, so neither keepalives nor client_connection_check_interval ever end
+    its session. With the lease off, the frozen holder still holds the lock well past the
+    keepalive bound (idle + interval × count) plus the connection check."""
+    from schemad import config
+
+    s = config.load()
+    bound = s.keepalives_idle_s + s.keepalives_interval_s * s.keepalives_count + s.connection_check_interval_s
+    work = _setup(tmp_path)
+    with contextlib.ExitStack() as stack:
+        daemons = spawn_daemons(stack, database.dsn, work, 2, extra_env={"SCHEMAD_LOCK_LEASE_S": "0"})
+        holder, _other = _holder_and_other(database, daemons)
+        database.sql("UPDATE ctl SET sleep_s = 0")
+        holder_lock = (
+            f"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'schemad:lock:%:{holder.proc.pid}'"
+        )
+        os.kill(holder.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(AssertionError, match="timed out"):
+                poll(lambda: database.sql(holder_lock) == "0", timeout_s=bound + 10, what="the lock session to end",
+                     interval_s=0.5)
+            assert database.sql("SELECT count(*) FROM schemad.migrations") == "1", "nobody else could apply"
+        finally:
+            os.kill(holder.proc.pid, signal.SIGCONT)
+    record("frozen_holder_without_lease", {"observed_s": bound + 10, "lock_still_held": True})
