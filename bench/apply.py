@@ -163,5 +163,9 @@ def start_to_ready(b: Bench, c: Corpus, db: str, runs: int) -> dict[str, Series]
 
 
 def report(series: dict[str, Series], floor: str) -> list[dict[str, Any]]:
-    base = series[floor].median
-    return [{**s.as_dict(), "ratio": s.median / base} for s in series.values()]
+    base = series[floor]
+    return [
+        {**s.as_dict(), "ratio": s.median / base.median, "ratio_of_minimums": min(s.values) / min(base.values),
+         "ratios_per_round": [v / f for v, f in zip(s.values, base.values, strict=False)]}
+        for s in series.values()
+    ]

@@ -32,8 +32,15 @@ def _table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> 
 
 
 def _ratio_rows(series: dict[str, Series], base: str, scale: float, unit: str, digits: int) -> list[tuple[str, ...]]:
-    b = series[base].median
-    return [(name, f"{s.summary(scale, digits)} {unit}", f"{s.median / b:.2f}x") for name, s in series.items()]
+    """Per tool: wall time, the ratio of medians, and the ratios within each round (the tool
+    and the baseline measured back to back: steadier when the machine's speed drifts)."""
+    b = series[base]
+    rows: list[tuple[str, ...]] = []
+    for name, s in series.items():
+        rounds = Series(name, [v / f for v, f in zip(s.values, b.values, strict=False)])
+        rows.append((name, f"{s.summary(scale, digits)} {unit}", f"{s.median / b.median:.2f}x",
+                     f"{rounds.summary(1, 2)}", f"{min(s.values) / min(b.values):.2f}x"))
+    return rows
 
 
 def main() -> None:
@@ -71,7 +78,8 @@ def main() -> None:
             if "apply" in chosen:
                 results[f"apply_{n}"] = apply.report(series, apply.FLOOR)
                 md.append(_table(f"apply, N = {n} (seconds, median (min–max) of {runs})",
-                                 _ratio_rows(series, apply.FLOOR, 1, "s", 3), ("tool", "wall", "x floor")))
+                                 _ratio_rows(series, apply.FLOOR, 1, "s", 3),
+                                 ("tool", "wall", "x floor (medians)", "x floor per round", "x floor (minimums)")))
             if "noop" in chosen:
                 noop = apply.run_noop(b, c, db, runs * 2)
                 results[f"noop_{n}"] = [s.as_dict() for s in noop.values()]
@@ -83,9 +91,11 @@ def main() -> None:
                 md.append(_table(f"start to ready, {n} applied (ms, median (min–max) of {runs})",
                                  [(k, f"{s.summary(1000, 1)} ms") for k, s in ready.items()], ("command", "wall")))
             b.drop_db(db)
+            b.drop_pending()
         big = corpora[max(sizes)]
         if "lockq" in chosen:
             hold = args.lock_hold_s if not args.quick else min(args.lock_hold_s, 8.0)
+            b.drop_pending()
             lq = lockqueue.run(b, min(runs, 3), hold)
             results["lockq"] = {k: ([s.as_dict() for s in v.values()] if isinstance(v, dict)
                                     else v.as_dict() if isinstance(v, Series) else v) for k, v in lq.items()}
@@ -97,6 +107,7 @@ def main() -> None:
                 ("migration", "worst client latency", "migration done after")))
         if "index" in chosen:
             rows = args.index_rows or (500_000 if args.quick else 5_000_000)
+            b.drop_pending()
             ix = index_load.run(b, rows=rows, rate=args.load_tps, before_s=8 if args.quick else 20)
             results["index"] = ix
             md.append(_table(
@@ -118,6 +129,7 @@ def main() -> None:
                      f"{ix['schemad_cic_statement_s'] / ix['plain_create_index_idle_s']:.2f}x"),
                 ], ("build", "time", "x plain")))
         if "failover" in chosen:
+            b.drop_pending()
             fo = failover.run(b, big, runs)
             results["failover"] = {"failover": fo["failover"].as_dict(), "lock_taken": fo["lock_taken"].as_dict(),
                                    "details": fo["details"]}
@@ -127,6 +139,7 @@ def main() -> None:
                               ("migrations applied twice", str(sum(d["applied_twice"] for d in fo["details"])))],
                              ("measure", "value")))
         if "memory" in chosen:
+            b.drop_pending()
             mem = memory.run(b, big, cycles=10 if args.quick else 40)
             results["memory"] = mem
             md.append(_table(

@@ -132,14 +132,19 @@ async def _apply_locked(
     # Imported only when something is to be applied: a run with nothing pending never needs it.
     from schemad.executor import Executor, next_batch
 
-    def applied(result: ApplyResult) -> None:
-        report.applied.append(result)
-        log.info(
-            "applied %s", result.name,
-            extra={"event": "migration_applied", "version": result.version, "migration": result.name,
-                   "duration_s": round(result.duration_s, 4), "statements": result.statements_run,
-                   "tolerated": len(result.tolerated), "attempts": result.attempts},
-        )
+    logged = 0
+
+    def announce() -> None:
+        """Log the migrations applied since the last call."""
+        nonlocal logged
+        for result in report.applied[logged:]:
+            log.info(
+                "applied %s", result.name,
+                extra={"event": "migration_applied", "version": result.version, "migration": result.name,
+                       "duration_s": round(result.duration_s, 4), "statements": result.statements_run,
+                       "tolerated": len(result.tolerated), "attempts": result.attempts},
+            )
+        logged = len(report.applied)
 
     ex = Executor(work, ledger, lk, executor_settings(settings), reconnect=reconnect, hooks=hooks)
     try:
@@ -149,20 +154,29 @@ async def _apply_locked(
             # (executor.apply_batch). No separate fence round trip: every path fences inside
             # each migration's transaction.
             batch = next_batch(p.pending, start)
+            after = start + len(batch)
             before = len(report.applied)
+
+            def meanwhile(after: int = after) -> None:
+                # While the server runs this batch: log the last one's, build the next one's message.
+                announce()
+                if after < len(p.pending):
+                    ex.render(next_batch(p.pending, after))
+
             with anyio.CancelScope() as applying:
                 # The moment the lock is known lost (its connection ended, a lease renewal
                 # failed), cancel the statement in flight: asyncpg asks the server to cancel it,
                 # and nothing more of this migration runs without the lock.
                 lk.on_lost = applying.cancel
                 try:
-                    await ex.apply_batch(batch, applied)
+                    await ex.apply_batch(batch, report.applied.append, meanwhile=meanwhile)
                 finally:
                     lk.on_lost = None
             if applying.cancelled_caught:
                 await _stopped_by_lost_lock(settings, ex.work, ledger, batch[len(report.applied) - before :])
             start += len(batch)
     finally:
+        announce()
         if report.applied and not ex.work.is_closed():
             # Waiting replicas LISTEN on this channel and re-check at once.
             last = report.applied[-1].version

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import anyio.lowlevel
 
 from schemad import classify, db, errors, queries
 from schemad.classify import Outcome
@@ -147,28 +148,63 @@ class Executor:
         self.settings = settings
         self._reconnect = reconnect
         self.hooks: Hooks = hooks or NoHooks()
+        self._rendered: tuple[tuple[int, ...], str] | None = None  # (versions, message) from `render`
 
     # ------------------------------------------------------------------ public
 
-    async def apply_batch(self, batch: Sequence[Migration], on_applied: Callable[[ApplyResult], None]) -> None:
+    def batches(self, batch: Sequence[Migration]) -> bool:
+        """Whether ``batch`` travels as one round trip (else one migration at a time)."""
+        return len(batch) > 1 and self.settings.fast_path and self.work.server_version >= BATCH_MIN_SERVER_VERSION
+
+    def render(self, batch: Sequence[Migration]) -> None:
+        """Build a batch's message ahead of time (while the server runs the one before)."""
+        if self.batches(batch):
+            key = tuple(m.version for m in batch)
+            self._rendered = (key, "\n;\n".join(
+                part for m in batch for part in self._one_trip(m, self.settings.lock_timeout_s)
+            ))
+
+    async def apply_batch(
+        self, batch: Sequence[Migration], on_applied: Callable[[ApplyResult], None], *,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> None:
         """Apply ``batch`` (from `next_batch`) in order, or raise like `apply` at the first that
-        fails for good; ``on_applied`` hears of each migration as soon as it is known committed."""
-        if len(batch) == 1 or not self.settings.fast_path or self.work.server_version < BATCH_MIN_SERVER_VERSION:
+        fails for good; ``on_applied`` hears of each migration as soon as it is known committed.
+        ``meanwhile`` is client work (logging, the next batch's message) to do while the server
+        runs this batch."""
+        if not self.batches(batch):
             for m in batch:
-                on_applied(await self.apply(m))
+                result = await self.apply(m)
+                on_applied(result)
+            if meanwhile is not None:
+                meanwhile()
             return
-        sql = "\n;\n".join(part for m in batch for part in self._one_trip(m, self.settings.lock_timeout_s))
+        key = tuple(m.version for m in batch)
+        rendered, self._rendered = self._rendered, None
+        if rendered is None or rendered[0] != key:
+            self.render(batch)
+            rendered, self._rendered = self._rendered, None
+        assert rendered is not None
         failure: errors.DatabaseError | None = None
-        try:
-            await self.work.execute(sql)
-        except errors.ConnectionLost as exc:
+
+        async def send() -> None:
+            nonlocal failure
+            try:
+                await self.work.execute(rendered[1])
+            except errors.DatabaseError as exc:  # ConnectionLost included; handled below
+                failure = exc
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            if meanwhile is not None:
+                await anyio.lowlevel.checkpoint()  # `send` puts the message on the wire first
+                meanwhile()
+        if isinstance(failure, errors.ConnectionLost):
             if self._reconnect is None:
-                raise
-            failure = exc
+                raise failure
             self.work = await self._reconnect()
             await self.lock.fence(self.work)  # raises LockLost if the lock went with the connection
-        except errors.DatabaseError as exc:
-            failure = exc
+        elif failure is not None:
             await self._rollback()
         # Which migrations committed, and how long each took (measured by the server).
         recorded = {
