@@ -9,7 +9,8 @@ read and hashed on every run, so a changed byte is a miss. What is stored is the
 ...), its directives, checksum and findings, never its text: the text is sliced from the
 file each time, so the SQL that is sent is always the file's own.
 
-One cache file per folder under ``$XDG_CACHE_HOME/schemad`` (else ``~/.cache/schemad``),
+One cache file per folder under ``$CACHE_DIRECTORY`` (systemd), ``$XDG_CACHE_HOME/schemad``
+or ``~/.cache/schemad``,
 rewritten atomically when it changed and holding only the folder's current files. It is
 only ever a shortcut, never trusted blindly: a cache that is missing, unreadable, owned by
 someone else or writable by others, truncated or corrupt (SHA-256 of its body), or written
@@ -36,6 +37,8 @@ from schemad.migrations import Migration, MigrationStatement, Statements
 from schemad.sqlparser import AlterCmd, IndexDef, SqlSyntaxError, Statement
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from schemad.migrations import Load
     from schemad.sourcefiles import SourceFile
 
@@ -52,9 +55,13 @@ _INDEX_FIELDS = tuple(f.name for f in dataclasses.fields(IndexDef) if f.name != 
 _OK, _SYNTAX_ERROR = 0, 1
 
 
-def cache_dir(environ: dict[str, str] | None = None) -> Path | None:
-    """``$XDG_CACHE_HOME/schemad``, else ``~/.cache/schemad``; None without a home."""
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """``$CACHE_DIRECTORY`` (systemd's ``CacheDirectory=``), else ``$XDG_CACHE_HOME/schemad``,
+    else ``~/.cache/schemad``; None without a home."""
     env = os.environ if environ is None else environ
+    systemd = env.get("CACHE_DIRECTORY", "").split(":")[0]
+    if systemd and os.path.isabs(systemd):
+        return Path(systemd)
     base = env.get("XDG_CACHE_HOME")
     if not base or not os.path.isabs(base):
         home = os.path.expanduser("~")

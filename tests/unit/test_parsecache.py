@@ -125,6 +125,9 @@ def test_the_cache_keeps_only_the_folders_current_files(tmp_path: Path) -> None:
 
 
 def test_cache_location(tmp_path: Path) -> None:
+    assert parsecache.cache_dir({"CACHE_DIRECTORY": "/var/cache/schemad", "XDG_CACHE_HOME": "/x"}) == Path(
+        "/var/cache/schemad"
+    )
     assert parsecache.cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "schemad"
     home = os.path.expanduser("~")
     assert parsecache.cache_dir({"XDG_CACHE_HOME": "relative"}) == Path(home) / ".cache" / "schemad"
