@@ -156,6 +156,7 @@ async def _apply_locked(
             batch = next_batch(p.pending, start)
             after = start + len(batch)
             before = len(report.applied)
+            handled = 0
 
             def meanwhile(after: int = after) -> None:
                 # While the server runs this batch: log the last one's, build the next one's message.
@@ -169,12 +170,12 @@ async def _apply_locked(
                 # and nothing more of this migration runs without the lock.
                 lk.on_lost = applying.cancel
                 try:
-                    await ex.apply_batch(batch, report.applied.append, meanwhile=meanwhile)
+                    handled = await ex.apply_batch(batch, report.applied.append, meanwhile=meanwhile)
                 finally:
                     lk.on_lost = None
             if applying.cancelled_caught:
                 await _stopped_by_lost_lock(settings, ex.work, ledger, batch[len(report.applied) - before :])
-            start += len(batch)
+            start += handled
     finally:
         announce()
         if report.applied and not ex.work.is_closed():

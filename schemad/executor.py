@@ -167,18 +167,19 @@ class Executor:
     async def apply_batch(
         self, batch: Sequence[Migration], on_applied: Callable[[ApplyResult], None], *,
         meanwhile: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> int:
         """Apply ``batch`` (from `next_batch`) in order, or raise like `apply` at the first that
         fails for good; ``on_applied`` hears of each migration as soon as it is known committed.
         ``meanwhile`` is client work (logging, the next batch's message) to do while the server
-        runs this batch."""
+        runs this batch. Returns how many of ``batch`` were applied: all, or up to and including
+        one that failed in the batch and then got through alone (the rest go in a new batch)."""
         if not self.batches(batch):
             for m in batch:
                 result = await self.apply(m)
                 on_applied(result)
             if meanwhile is not None:
                 meanwhile()
-            return
+            return len(batch)
         key = tuple(m.version for m in batch)
         rendered, self._rendered = self._rendered, None
         if rendered is None or rendered[0] != key:
@@ -186,6 +187,7 @@ class Executor:
             rendered, self._rendered = self._rendered, None
         assert rendered is not None
         failure: errors.DatabaseError | None = None
+        deferred: Exception | None = None
 
         async def send() -> None:
             nonlocal failure
@@ -198,7 +200,10 @@ class Executor:
             tg.start_soon(send)
             if meanwhile is not None:
                 await anyio.lowlevel.checkpoint()  # `send` puts the message on the wire first
-                meanwhile()
+                try:
+                    meanwhile()
+                except Exception as exc:  # noqa: BLE001 (re-raised as itself below, not as an ExceptionGroup)
+                    deferred = exc
         if isinstance(failure, errors.ConnectionLost):
             if self._reconnect is None:
                 raise failure
@@ -219,10 +224,12 @@ class Executor:
         for m in done:
             on_applied(ApplyResult(version=m.version, name=m.name, duration_s=recorded[m.version],
                                    statements_run=len(m.statements), attempts=1, fast_path=True))
-        if failure is not None:
-            on_applied(await self.apply(batch[len(done)], first_failure=failure))
-            for m in batch[len(done) + 1 :]:
-                on_applied(await self.apply(m))
+        if deferred is not None:
+            raise deferred
+        if failure is None:
+            return len(batch)
+        on_applied(await self.apply(batch[len(done)], first_failure=failure))
+        return len(done) + 1
 
     async def apply(self, m: Migration, *, first_failure: errors.DatabaseError | None = None) -> ApplyResult:
         """Apply one migration exactly once, or raise `errors.MigrationFailed` with nothing recorded.

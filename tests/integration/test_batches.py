@@ -77,6 +77,8 @@ async def test_a_tolerated_error_mid_batch_is_counted_and_the_rest_applies(
     report = await migrate(database, mdir, idir)
     assert [r.version for r in report.applied] == [1, 2, 3, 4, 5]
     assert [(r.version, len(r.tolerated)) for r in report.applied if r.tolerated] == [(3, 1)]
+    # 1-2 in the batch, 3 alone (savepoints), then 4-5 in a new batch.
+    assert [r.fast_path for r in report.applied] == [True, True, False, True, True]
     assert [(v, t) for v, _n, _r, t, _tr in ledger(database)] == [(1, 0), (2, 0), (3, 1), (4, 0), (5, 0)]
 
 
