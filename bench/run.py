@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,15 @@ def main() -> None:
     md: list[str] = [f"Machine: {results['machine']}", f"Load average before: {results['load_before']}",
                      f"Other busy processes before: {results['busy_before'] or 'none'}"]
     started = time.monotonic()
+    load_samples: list[float] = []
+    sampling = threading.Event()
+
+    def sample_load() -> None:  # how busy the machine was while we measured
+        while not sampling.wait(5.0):
+            load_samples.append(loadavg()[0])
+
+    sampler = threading.Thread(target=sample_load, daemon=True)
+    sampler.start()
     with bench_cluster() as b:
         results["postgres"] = b.sql("SHOW server_version")
         corpora: dict[int, apply.Corpus] = {}
@@ -147,6 +158,12 @@ def main() -> None:
                 f"{mem['cycles']} SIGHUP cycles",
                 [("peak RSS (VmHWM)", f"{mem['peak_rss_mb']:.1f} MiB"), ("RSS at the end", f"{mem['final_rss_mb']:.1f} MiB"),
                  ("ready after", f"{mem['ready_after_s']:.2f} s")], ("measure", "value")))
+    sampling.set()
+    results["load_during"] = load_samples
+    if load_samples:
+        md.append(f"\nLoad average (1 min) during the run, sampled every 5 s: min {min(load_samples):.2f}, "
+                  f"median {statistics.median(load_samples):.2f}, max {max(load_samples):.2f} "
+                  f"(2 CPUs: above ~1 means other work competed with the measurements)")
     results["load_after"] = loadavg()
     results["busy_after"] = busy_others()
     results["elapsed_s"] = round(time.monotonic() - started, 1)
