@@ -415,14 +415,8 @@ class Executor:
                     if outcome in (Outcome.RETRY, Outcome.LOCK_TIMEOUT):
                         raise _Retryable(outcome, exc, st) from None
                     await self._fatal(m, st, exc)
-            await self.lock.fence(w)
             duration = time.monotonic() - started
-            await w.execute(
-                self.ledger.sql(queries.INSERT_MIGRATION), m.version, m.name, m.checksum, duration, db.HOSTNAME,
-                os.getpid(), len(m.statements), len(tolerated), True,
-            )
-            await self._record_applied(m, duration, attempt, tolerated, fast_path=False)
-            await w.execute("COMMIT")
+            await self._record_and_commit(m, duration, attempt, tolerated, transactional=True)
         except BaseException:
             if not w.is_closed():
                 await self._rollback()
@@ -431,6 +425,19 @@ class Executor:
             version=m.version, name=m.name, duration_s=duration, statements_run=len(m.statements),
             attempts=1, tolerated=tolerated,
         )
+
+    async def _record_and_commit(
+        self, m: Migration, duration: float, attempt: int, tolerated: list[Tolerated], *, transactional: bool
+    ) -> None:
+        """The end of every recorded migration: fence, ledger row, applied event, COMMIT."""
+        w = self.work
+        await self.lock.fence(w)
+        await w.execute(
+            self.ledger.sql(queries.INSERT_MIGRATION), m.version, m.name, m.checksum, duration, db.HOSTNAME,
+            os.getpid(), len(m.statements), len(tolerated), transactional,
+        )
+        await self._record_applied(m, duration, attempt, tolerated, fast_path=False)
+        await w.execute("COMMIT")
 
     async def _run_autocommit(self, m: Migration, lock_timeout_s: float, attempt: int) -> ApplyResult:
         """`-- schemad:no-transaction`: statement by statement; recorded only when all succeed."""
@@ -462,13 +469,7 @@ class Executor:
             duration = time.monotonic() - started
             await w.execute("BEGIN")
             try:
-                await self.lock.fence(w)
-                await w.execute(
-                    self.ledger.sql(queries.INSERT_MIGRATION), m.version, m.name, m.checksum, duration, db.HOSTNAME,
-                    os.getpid(), len(m.statements), len(tolerated), False,
-                )
-                await self._record_applied(m, duration, attempt, tolerated, fast_path=False)
-                await w.execute("COMMIT")
+                await self._record_and_commit(m, duration, attempt, tolerated, transactional=False)
             except BaseException:
                 if not w.is_closed():
                     await self._rollback()

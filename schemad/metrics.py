@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
 import schemad
+from schemad import throttle
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -41,15 +42,8 @@ FailureReason = Literal[
 ]
 IndexState = Literal["absent", "pending", "building", "valid", "invalid", "failed", "drift"]
 IndexBuildOutcome = Literal["success", "failed", "retried", "cancelled"]
-ThrottleSignal = Literal[
-    "replication_lag",
-    "transaction_age",
-    "idle_in_transaction",
-    "lock_waiters",
-    "active_backends",
-    "autovacuum",
-    "window",
-]
+# One list of throttle signals: the pure throttle decides with them, the metric labels them.
+ThrottleSignal = throttle.Signal
 
 FAILURE_REASONS: Final[tuple[FailureReason, ...]] = get_args(FailureReason)
 INDEX_STATES: Final[tuple[IndexState, ...]] = get_args(IndexState)
