@@ -25,8 +25,16 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 
 
+# `--schemad-root DIR` (bench.run): measure the schemad in another checkout (e.g. an older
+# commit in a `git worktree`) instead of the installed one.
+SCHEMAD_ROOT: Path | None = None
+
+
 def schemad_argv() -> list[str]:
     """The installed console script next to this interpreter, as a user runs it."""
+    if SCHEMAD_ROOT is not None:
+        code = f"import sys; sys.path.insert(0, {str(SCHEMAD_ROOT)!r}); from schemad.cli import main; main()"
+        return [sys.executable, "-c", code]
     script = Path(sys.executable).with_name("schemad")
     return [str(script)] if script.exists() else [sys.executable, "-m", "schemad"]
 
@@ -34,7 +42,7 @@ def schemad_argv() -> list[str]:
 def byte_compile() -> None:
     """Write schemad's bytecode, as `pip install` does: measured processes must not compile
     the package from source on every start (PYTHONDONTWRITEBYTECODE may be set here)."""
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "schemad")], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str((SCHEMAD_ROOT or REPO) / "schemad")], check=True)
 
 
 # --------------------------------------------------------------------------- cluster

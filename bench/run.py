@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import apply, failover, index_load, lockqueue, memory
+from bench import apply, common, failover, index_load, lockqueue, memory
 from bench.common import Series, bench_cluster, busy_others, byte_compile, loadavg, machine
 
 SCENARIOS = ("apply", "noop", "ready", "lockq", "index", "failover", "memory")
@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument("--index-rows", type=int, help="rows of the index scenario's table (default 5M, --quick 500k)")
     parser.add_argument("--lock-hold-s", type=float, default=20.0, help="how long the lock-queue blocker holds its lock")
     parser.add_argument("--load-tps", type=int, default=400, help="the index scenario's pgbench rate (default 400)")
+    parser.add_argument("--schemad-root", type=Path, metavar="DIR",
+                        help="measure the schemad of another checkout (e.g. a git worktree of an older commit)")
     args = parser.parse_args()
+    if args.schemad_root:
+        common.SCHEMAD_ROOT = args.schemad_root.resolve()
     runs = args.runs or (3 if args.quick else 5)
     sizes = [int(n) for n in args.sizes.split(",")]
     chosen = set(args.only.split(",")) if args.only else set(SCENARIOS)
@@ -64,6 +68,7 @@ def main() -> None:
 
     byte_compile()
     results: dict[str, Any] = {"machine": machine(), "runs": runs, "sizes": sizes, "load_before": loadavg(),
+                               "schemad_root": str(common.SCHEMAD_ROOT or common.REPO),
                                "busy_before": busy_others(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     md: list[str] = [f"Machine: {results['machine']}", f"Load average before: {results['load_before']}",
                      f"Other busy processes before: {results['busy_before'] or 'none'}"]
