@@ -12,14 +12,13 @@ import pytest
 
 from schemad import engine, errors, executor, migrations, validation
 from tests.conftest import Database, make_settings, write_migrations
-from tests.integration.test_migrate import events, ledger, migrate, records, table_exists
+from tests.integration.test_migrate import events, ledger, migrate, table_exists
 
 if TYPE_CHECKING:
     import logging
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
-__all__ = ["records"]  # the fixture, imported for the tests below
 
 
 def _files(n: int, **special: str) -> dict[str, str]:

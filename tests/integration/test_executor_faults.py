@@ -6,7 +6,6 @@ out. Meanwhile other sessions' queries on the table wait at most about one lock 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,33 +17,13 @@ from schemad import engine, errors, validation
 from tests.conftest import Database, make_settings, write_migrations
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import logging
     from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
 LOCK_TIMEOUT_S = 0.3
 BLOCKER_APP = "test-blocker"
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    got: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    handler = Collect(logging.DEBUG)
-    root = logging.getLogger("schemad")
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield got
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 def prepare(database: Database, folders: tuple[Path, Path]) -> tuple[Path, Path]:

@@ -5,7 +5,6 @@ checksum and unknown-version rules. Every test gets a fresh database (tests/conf
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,30 +14,9 @@ from schemad import engine, errors, validation
 from tests.conftest import REPO, Database, make_settings, write_migrations
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import logging
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def records() -> Iterator[list[logging.LogRecord]]:
-    """Every record the schemad loggers emit (independent of caplog and of `logs.setup`)."""
-    got: list[logging.LogRecord] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            got.append(record)
-
-    handler = Collect(logging.DEBUG)
-    root = logging.getLogger("schemad")
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield got
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 async def migrate(database: Database, mdir: Path, idir: Path, **overrides: Any) -> engine.RunReport:
