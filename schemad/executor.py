@@ -148,7 +148,10 @@ class Executor:
         self.settings = settings
         self._reconnect = reconnect
         self.hooks: Hooks = hooks or NoHooks()
-        self._rendered: tuple[tuple[int, ...], str] | None = None  # (versions, message) from `render`
+        self._rendered: tuple[tuple[int, ...], str] | None = None  # ((fence mode, *versions), message): `render`
+        # The session the fence function was installed on, and whether it could be.
+        self._fence_session: Session | None = None
+        self._fence_function = False
 
     # ------------------------------------------------------------------ public
 
@@ -159,7 +162,7 @@ class Executor:
     def render(self, batch: Sequence[Migration]) -> None:
         """Build a batch's message ahead of time (while the server runs the one before)."""
         if self.batches(batch):
-            key = tuple(m.version for m in batch)
+            key = (int(self._fence_function), *(m.version for m in batch))
             self._rendered = (key, "\n;\n".join(
                 part for m in batch for part in self._one_trip(m, self.settings.lock_timeout_s)
             ))
@@ -180,7 +183,8 @@ class Executor:
             if meanwhile is not None:
                 meanwhile()
             return len(batch)
-        key = tuple(m.version for m in batch)
+        await self._ready_fence()
+        key = (int(self._fence_function), *(m.version for m in batch))
         rendered, self._rendered = self._rendered, None
         if rendered is None or rendered[0] != key:
             self.render(batch)
@@ -326,6 +330,13 @@ class Executor:
             )
         raise _Retryable(Outcome.CONNECTION, exc, None) from None
 
+    async def _ready_fence(self) -> None:
+        """Install the fence function on the work session (once per session, so again after a
+        reconnect) before any message that calls it is sent."""
+        if self._fence_session is not self.work:
+            self._fence_function = await self.lock.install_fence(self.work)
+            self._fence_session = self.work
+
     def _one_trip(self, m: Migration, lock_timeout_s: float) -> list[str]:
         """One migration as one transaction of statements to send together."""
         s = self.settings
@@ -338,14 +349,15 @@ class Executor:
             f"set_config('statement_timeout', '{statement_timeout}ms', true), "
             f"set_config('{_STARTED}', clock_timestamp()::text, true)"
         )
+        fence = self.lock.fence_sql(function=self._fence_function)
         return [
             "BEGIN",
             settings,
-            self.lock.fence_sql(),
+            fence,
             *(st.text for st in m.statements),
             # Fence again before the ledger row: if the lock went while the statements ran
             # (a slow migration, a killed lock connection), nothing of them may commit.
-            self.lock.fence_sql(),
+            fence,
             self._ledger_insert_sql(m, tolerated=0),
             self._applied_event_sql(m),
             "COMMIT",
@@ -354,6 +366,7 @@ class Executor:
     async def _run_fast(self, m: Migration, lock_timeout_s: float) -> ApplyResult | None:
         """One round trip; None when it failed in a way the savepoint path must classify."""
         started = time.monotonic()
+        await self._ready_fence()
         try:
             # Newlines around each statement: a trailing "-- comment" must not swallow the next one.
             await self.work.execute("\n;\n".join(self._one_trip(m, lock_timeout_s)))

@@ -142,3 +142,35 @@ async def test_a_lock_timeout_mid_batch_retries_that_migration_then_goes_on(
     report: engine.RunReport = out["report"]
     assert [(r.version, r.attempts > 1) for r in report.applied] == [(1, False), (2, True), (3, False), (4, False)]
     assert [v for v, *_ in ledger(database)] == [1, 2, 3, 4]
+
+
+async def test_fences_are_do_blocks_where_the_role_may_not_create_temporary_objects(
+    database: Database, folders: tuple[Path, Path], records: list[logging.LogRecord]
+) -> None:
+    """The fence is a session-local function (pg_temp) where the role has TEMPORARY on the
+    database; without it, the same fences as DO blocks: every migration still batched, fenced
+    and recorded."""
+    mdir, idir = folders
+    role = f"{database.name}_notemp"
+    database.sql(
+        f"CREATE ROLE {role} LOGIN; ALTER DATABASE {database.name} OWNER TO {role}; "
+        f"REVOKE TEMPORARY ON DATABASE {database.name} FROM PUBLIC, {role}"
+    )
+    write_migrations(mdir, _files(6))
+    settings = make_settings(database.dsn.replace("postgres@", f"{role}@", 1), mdir, idir)
+    report = await engine.migrate(settings, validation.validate(mdir, idir))
+    assert [(r.version, r.fast_path) for r in report.applied] == [(v, True) for v in range(1, 7)]
+    assert [v for v, *_ in ledger(database)] == list(range(1, 7))
+    unavailable = [r for r in records if getattr(r, "event", None) == "fence_function_unavailable"]
+    assert [getattr(r, "sqlstate", None) for r in unavailable] == ["42501"]
+
+
+async def test_the_fence_function_lives_in_the_session_only(
+    database: Database, folders: tuple[Path, Path], records: list[logging.LogRecord]
+) -> None:
+    mdir, idir = folders
+    write_migrations(mdir, _files(3))
+    await migrate(database, mdir, idir)
+    assert not [r for r in records if getattr(r, "event", None) == "fence_function_unavailable"]
+    # Gone with the session: nothing of it in the schema.
+    assert database.sql("SELECT count(*) FROM pg_proc WHERE proname = 'schemad_fence'") == "0"

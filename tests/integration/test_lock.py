@@ -182,8 +182,9 @@ async def test_sessions_carry_keepalives_and_the_connection_check(database: Data
         await s.close()
 
 
+@pytest.mark.parametrize("function", [False, True], ids=["do_block", "function"])
 async def test_fence_fails_once_the_lock_backend_is_gone_even_if_another_session_took_the_key(
-    database: Database, folders: tuple[Path, Path]
+    database: Database, folders: tuple[Path, Path], function: bool
 ) -> None:
     """The fencing token dies with our lock backend: a new holder of the same key (another
     replica, perhaps with a reused pid) never lets our fence pass, in a batch or alone."""
@@ -196,13 +197,14 @@ async def test_fence_fails_once_the_lock_backend_is_gone_even_if_another_session
         lk = lock.AdvisoryLock(lock_conn, migration_key(database), name="migration")
         assert await lk.try_acquire()
         await lk.fence(work)
-        await work.execute(f"BEGIN;\n{lk.fence_sql()};\nCOMMIT")
+        assert await lk.install_fence(work) is True
+        await work.execute(f"BEGIN;\n{lk.fence_sql(function=function)};\nCOMMIT")
         assert await other.fetchval("SELECT pg_terminate_backend($1)", lk.holder_pid)
         assert await wait_for(other, "SELECT pg_try_advisory_lock($1)", migration_key(database))
         with pytest.raises(errors.LockLost):
             await lk.fence(work)
         with pytest.raises(errors.DatabaseError) as info:
-            await work.execute(f"BEGIN;\n{lk.fence_sql()};\nCOMMIT")
+            await work.execute(f"BEGIN;\n{lk.fence_sql(function=function)};\nCOMMIT")
         assert info.value.sqlstate == "SD001"
         await work.execute("ROLLBACK")
     finally:
