@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import corpus
+from bench import common, corpus
 from bench.common import bench_cluster, byte_compile, schemad_argv, schemad_env, timed
 
 # Imports on their own (each in a fresh interpreter, minus the bare interpreter's start).
@@ -56,9 +56,12 @@ def _fresh(code: str, env: dict[str, str] | None = None) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pgdata", choices=("memory", "disk"), default="memory",
+                        help="the cluster's data directory on a tmpfs (default; stable figures) or on disk")
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--n", type=int, default=1000)
     args = parser.parse_args()
+    common.PGDATA = args.pgdata
     byte_compile()
     bare = min(_fresh("pass") for _ in range(args.runs))
     print(f"interpreter start (python -c pass): {bare * 1000:.1f} ms")

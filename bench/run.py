@@ -47,6 +47,8 @@ def _ratio_rows(series: dict[str, Series], base: str, scale: float, unit: str, d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pgdata", choices=("memory", "disk"), default="memory",
+                        help="the cluster's data directory on a tmpfs (default; stable figures) or on disk")
     parser.add_argument("--runs", type=int, help="rounds per measurement (default 5, --quick 3)")
     parser.add_argument("--sizes", default="200,1000", help="corpus sizes N (default 200,1000)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
@@ -57,6 +59,7 @@ def main() -> None:
     parser.add_argument("--schemad-root", type=Path, metavar="DIR",
                         help="measure the schemad of another checkout (e.g. a git worktree of an older commit)")
     args = parser.parse_args()
+    common.PGDATA = args.pgdata
     if args.schemad_root:
         common.SCHEMAD_ROOT = args.schemad_root.resolve()
     runs = args.runs or (3 if args.quick else 5)
