@@ -216,9 +216,13 @@ class Executor:
         elif failure is not None:
             await self._rollback()
         # Which migrations committed, and how long each took (measured by the server).
+        versions = {m.version for m in batch}
         recorded = {
             int(r["version"]): float(r["duration_s"])
-            for r in await self.work.fetch(self.ledger.sql(queries.RECORDED_DURATIONS), [m.version for m in batch])
+            for r in await self.work.fetch(
+                self.ledger.sql(queries.RECORDED_DURATIONS), batch[0].version, batch[-1].version
+            )
+            if int(r["version"]) in versions
         }
         done = list(itertools.takewhile(lambda m: m.version in recorded, batch))
         if len(done) != len(recorded) or (failure is None and len(done) != len(batch)):

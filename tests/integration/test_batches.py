@@ -174,3 +174,18 @@ async def test_the_fence_function_lives_in_the_session_only(
     assert not [r for r in records if getattr(r, "event", None) == "fence_function_unavailable"]
     # Gone with the session: nothing of it in the schema.
     assert database.sql("SELECT count(*) FROM pg_proc WHERE proname = 'schemad_fence'") == "0"
+
+
+async def test_a_batch_around_a_version_applied_before_it_reports_only_its_own(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    """A gap filled later (4 and 6 pending, 5 applied by an earlier release): the batch 4, 6
+    is read back by its version range, which holds 5 too; only 4 and 6 are this run's."""
+    mdir, idir = folders
+    files = _files(6)
+    write_migrations(mdir, {k: v for k, v in files.items() if not k.startswith(("0004", "0006"))})
+    await migrate(database, mdir, idir)
+    write_migrations(mdir, files)
+    report = await migrate(database, mdir, idir)
+    assert [(r.version, r.fast_path) for r in report.applied] == [(4, True), (6, True)]
+    assert [v for v, *_ in ledger(database)] == list(range(1, 7))
