@@ -1,3 +1,3 @@
-from schemad.cli import main
+from schemad.entry import main
 
 main()

@@ -7,7 +7,6 @@ them, so `schemad check` stays fast and works with no database.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -15,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemad import __version__, config, errors, logs
+from schemad import __version__, config, entry, errors, logs
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -99,7 +98,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     def reload() -> config.Settings:
         return config.load(config_file=args.config, flags=_flags(args))
 
-    return daemon.main(settings, load_settings=reload, on_ready=_settle_gc)
+    return daemon.main(settings, load_settings=reload, on_ready=entry.settle)
 
 
 def cmd_build_indexes(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -306,23 +305,8 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
 
 
-# A command builds tens of thousands of long-lived objects in its first fraction of a second
-# (imported modules, the parse cache, the validated files); at the default threshold (700
-# allocations) the cyclic collector rescans them dozens of times: ~35 ms of a ~110 ms
-# no-op `migrate`. Collect rarely; a daemon goes back to the usual pace once it is ready.
-GC_STARTUP_THRESHOLD = 100_000
-_GC_DEFAULT_THRESHOLD = gc.get_threshold()
-
-
-def _settle_gc() -> None:
-    """The daemon is up: what startup built lives as long as it does (frozen, never scanned
-    again), and from here the collector keeps its usual pace."""
-    gc.freeze()
-    gc.set_threshold(*_GC_DEFAULT_THRESHOLD)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    gc.set_threshold(GC_STARTUP_THRESHOLD, *_GC_DEFAULT_THRESHOLD[1:])
+    entry.pace_for_startup()  # already, when run as the command (entry.main)
     code = run(argv)
     # The process ends here: skip the interpreter's teardown of every module and object
     # (~15 ms with asyncpg loaded, a sixth of a no-op `migrate`). Everything that must
