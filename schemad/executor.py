@@ -149,9 +149,9 @@ class Executor:
         self._reconnect = reconnect
         self.hooks: Hooks = hooks or NoHooks()
         self._rendered: tuple[tuple[int, ...], str] | None = None  # ((fence mode, *versions), message): `render`
-        # The session the fence function was installed on, and whether it could be.
-        self._fence_session: Session | None = None
-        self._fence_function = False
+        # The session the batch functions were created on, and whether they could be.
+        self._functions_on: Session | None = None
+        self._functions = False
 
     # ------------------------------------------------------------------ public
 
@@ -162,7 +162,7 @@ class Executor:
     def render(self, batch: Sequence[Migration]) -> None:
         """Build a batch's message ahead of time (while the server runs the one before)."""
         if self.batches(batch):
-            key = (int(self._fence_function), *(m.version for m in batch))
+            key = (int(self._functions), *(m.version for m in batch))
             self._rendered = (key, "\n;\n".join(
                 part for m in batch for part in self._one_trip(m, self.settings.lock_timeout_s)
             ))
@@ -183,8 +183,8 @@ class Executor:
             if meanwhile is not None:
                 meanwhile()
             return len(batch)
-        await self._ready_fence()
-        key = (int(self._fence_function), *(m.version for m in batch))
+        await self._ready_functions()
+        key = (int(self._functions), *(m.version for m in batch))
         rendered, self._rendered = self._rendered, None
         if rendered is None or rendered[0] != key:
             self.render(batch)
@@ -334,18 +334,43 @@ class Executor:
             )
         raise _Retryable(Outcome.CONNECTION, exc, None) from None
 
-    async def _ready_fence(self) -> None:
-        """Install the fence function on the work session (once per session, so again after a
-        reconnect) before any message that calls it is sent."""
-        if self._fence_session is not self.work:
-            self._fence_function = await self.lock.install_fence(self.work)
-            self._fence_session = self.work
+    async def _ready_functions(self) -> None:
+        """Create the batch functions (queries.BATCH_FUNCTIONS) on the work session: once per
+        session, so again after a reconnect, before any message that calls them. Without the
+        TEMPORARY privilege the same steps travel as SQL (DO-block fences, INSERTs)."""
+        if self._functions_on is self.work:
+            return
+        try:
+            await self.work.execute(self.ledger.sql(queries.BATCH_FUNCTIONS))
+            self._functions = True
+        except errors.ConnectionLost:
+            raise
+        except errors.DatabaseError as exc:
+            log.info("batch functions unavailable, sending their SQL instead",
+                     extra={"event": "batch_functions_unavailable", "sqlstate": exc.sqlstate})
+            self._functions = False
+        self._functions_on = self.work
 
     def _one_trip(self, m: Migration, lock_timeout_s: float) -> list[str]:
         """One migration as one transaction of statements to send together."""
         s = self.settings
         lock_timeout = _ms(max(lock_timeout_s, m.directives.lock_timeout_s or 0))
         statement_timeout = _ms(m.directives.statement_timeout_s or s.statement_timeout_s)
+        if self._functions:
+            token = int(self.lock.token or 0)
+            return [
+                "BEGIN",
+                f"SELECT pg_temp.schemad_begin({token}, '{lock_timeout}ms', '{statement_timeout}ms')",
+                *(st.text for st in m.statements),
+                # Fences again before the ledger row: if the lock went while the statements ran
+                # (a slow migration, a killed lock connection), nothing of them may commit.
+                (
+                    f"SELECT pg_temp.schemad_record({token}, {int(m.version)}, {db.quote_literal(m.name)}, "
+                    f"{db.quote_literal(m.checksum)}, {db.quote_literal(db.HOSTNAME)}, {os.getpid()}, "
+                    f"{len(m.statements)})"
+                ),
+                "COMMIT",
+            ]
         # As SET LOCAL, and the start time for the ledger row: in a batch, now() and
         # statement_timestamp() are the batch's, not this migration's.
         settings = (
@@ -353,15 +378,12 @@ class Executor:
             f"set_config('statement_timeout', '{statement_timeout}ms', true), "
             f"set_config('{_STARTED}', clock_timestamp()::text, true)"
         )
-        fence = self.lock.fence_sql(function=self._fence_function)
         return [
             "BEGIN",
             settings,
-            fence,
+            self.lock.fence_sql(),
             *(st.text for st in m.statements),
-            # Fence again before the ledger row: if the lock went while the statements ran
-            # (a slow migration, a killed lock connection), nothing of them may commit.
-            fence,
+            self.lock.fence_sql(),  # as in schemad_record
             self._ledger_insert_sql(m, tolerated=0),
             self._applied_event_sql(m),
             "COMMIT",
@@ -370,7 +392,7 @@ class Executor:
     async def _run_fast(self, m: Migration, lock_timeout_s: float) -> ApplyResult | None:
         """One round trip; None when it failed in a way the savepoint path must classify."""
         started = time.monotonic()
-        await self._ready_fence()
+        await self._ready_functions()
         try:
             # Newlines around each statement: a trailing "-- comment" must not swallow the next one.
             await self.work.execute("\n;\n".join(self._one_trip(m, lock_timeout_s)))

@@ -178,26 +178,12 @@ class AdvisoryLock:
             self._lose()
             raise errors.LockLost(f"backend {self.holder_pid} no longer holds the {self.name} lock; stopping all work")
 
-    def fence_sql(self, *, function: bool = False) -> str:
-        """A statement that aborts the current transaction unless the lock is still ours (for
-        batched sends). ``function``: call the one `install_fence` put on the sending session."""
-        token = int(self.token or 0)
-        if function:
-            return f"SELECT pg_temp.schemad_fence({token})"
-        return f"DO $schemad_fence$ {queries.FENCE_BODY.format(token=token)} $schemad_fence$"
-
-    @staticmethod
-    async def install_fence(via: Session) -> bool:
-        """Create the fence function for ``via``'s session; False where it may not (no TEMP
-        privilege): `fence_sql` without ``function`` then."""
-        try:
-            await via.execute(queries.CREATE_FENCE_FUNCTION)
-        except errors.ConnectionLost:
-            raise
-        except errors.DatabaseError as exc:
-            log.info("using DO-block fences", extra={"event": "fence_function_unavailable", "sqlstate": exc.sqlstate})
-            return False
-        return True
+    def fence_sql(self) -> str:
+        """A statement that aborts the current transaction unless the lock is still ours (for batched sends)."""
+        return (
+            f"DO $schemad_fence$ BEGIN IF pg_try_advisory_xact_lock_shared({int(self.token or 0)}) THEN "
+            "RAISE EXCEPTION 'schemad: advisory lock lost' USING ERRCODE = 'SD001'; END IF; END $schemad_fence$"
+        )
 
     async def release(self) -> None:
         """Unlock if the connection is alive; a dead connection has released it already."""

@@ -147,9 +147,9 @@ async def test_a_lock_timeout_mid_batch_retries_that_migration_then_goes_on(
 async def test_fences_are_do_blocks_where_the_role_may_not_create_temporary_objects(
     database: Database, folders: tuple[Path, Path], records: list[logging.LogRecord]
 ) -> None:
-    """The fence is a session-local function (pg_temp) where the role has TEMPORARY on the
-    database; without it, the same fences as DO blocks: every migration still batched, fenced
-    and recorded."""
+    """The batch's fences, settings and ledger rows are session-local functions (pg_temp) where
+    the role has TEMPORARY on the database; without it, the same steps as SQL (DO-block fences,
+    INSERTs): every migration still batched, fenced and recorded alike."""
     mdir, idir = folders
     role = f"{database.name}_notemp"
     database.sql(
@@ -161,19 +161,19 @@ async def test_fences_are_do_blocks_where_the_role_may_not_create_temporary_obje
     report = await engine.migrate(settings, validation.validate(mdir, idir))
     assert [(r.version, r.fast_path) for r in report.applied] == [(v, True) for v in range(1, 7)]
     assert [v for v, *_ in ledger(database)] == list(range(1, 7))
-    unavailable = [r for r in records if getattr(r, "event", None) == "fence_function_unavailable"]
+    unavailable = [r for r in records if getattr(r, "event", None) == "batch_functions_unavailable"]
     assert [getattr(r, "sqlstate", None) for r in unavailable] == ["42501"]
 
 
-async def test_the_fence_function_lives_in_the_session_only(
+async def test_the_batch_functions_live_in_the_session_only(
     database: Database, folders: tuple[Path, Path], records: list[logging.LogRecord]
 ) -> None:
     mdir, idir = folders
     write_migrations(mdir, _files(3))
     await migrate(database, mdir, idir)
-    assert not [r for r in records if getattr(r, "event", None) == "fence_function_unavailable"]
+    assert not [r for r in records if getattr(r, "event", None) == "batch_functions_unavailable"]
     # Gone with the session: nothing of it in the schema.
-    assert database.sql("SELECT count(*) FROM pg_proc WHERE proname = 'schemad_fence'") == "0"
+    assert database.sql("SELECT count(*) FROM pg_proc WHERE proname LIKE 'schemad%'") == "0"
 
 
 async def test_a_batch_around_a_version_applied_before_it_reports_only_its_own(

@@ -11,7 +11,8 @@ import anyio
 import asyncpg
 import pytest
 
-from schemad import commands, db, engine, errors, lock, validation
+from schemad import commands, db, engine, errors, lock, queries, validation
+from schemad.ledger import Ledger
 from tests.conftest import Database, make_settings, write_migrations
 
 if TYPE_CHECKING:
@@ -182,9 +183,8 @@ async def test_sessions_carry_keepalives_and_the_connection_check(database: Data
         await s.close()
 
 
-@pytest.mark.parametrize("function", [False, True], ids=["do_block", "function"])
 async def test_fence_fails_once_the_lock_backend_is_gone_even_if_another_session_took_the_key(
-    database: Database, folders: tuple[Path, Path], function: bool
+    database: Database, folders: tuple[Path, Path]
 ) -> None:
     """The fencing token dies with our lock backend: a new holder of the same key (another
     replica, perhaps with a reused pid) never lets our fence pass, in a batch or alone."""
@@ -197,16 +197,63 @@ async def test_fence_fails_once_the_lock_backend_is_gone_even_if_another_session
         lk = lock.AdvisoryLock(lock_conn, migration_key(database), name="migration")
         assert await lk.try_acquire()
         await lk.fence(work)
-        assert await lk.install_fence(work) is True
-        await work.execute(f"BEGIN;\n{lk.fence_sql(function=function)};\nCOMMIT")
+        await work.execute(f"BEGIN;\n{lk.fence_sql()};\nCOMMIT")
         assert await other.fetchval("SELECT pg_terminate_backend($1)", lk.holder_pid)
         assert await wait_for(other, "SELECT pg_try_advisory_lock($1)", migration_key(database))
         with pytest.raises(errors.LockLost):
             await lk.fence(work)
         with pytest.raises(errors.DatabaseError) as info:
-            await work.execute(f"BEGIN;\n{lk.fence_sql(function=function)};\nCOMMIT")
+            await work.execute(f"BEGIN;\n{lk.fence_sql()};\nCOMMIT")
         assert info.value.sqlstate == "SD001"
         await work.execute("ROLLBACK")
+    finally:
+        await other.close()
+        await work.close()
+        await lock_conn.close()
+
+
+async def test_the_batch_functions_fence_like_the_do_block(database: Database, folders: tuple[Path, Path]) -> None:
+    """schemad_begin and schemad_record (queries.BATCH_FUNCTIONS) pass while the lock is ours
+    and abort the transaction (SD001) once it is not, the ledger row and event unwritten."""
+    mdir, idir = folders
+    settings = make_settings(database.dsn, mdir, idir)
+    lock_conn = await db.connect(settings, "lock")
+    work = await db.connect(settings, "migrate")
+    other = await asyncpg.connect(database.dsn)
+    ledger = Ledger(settings.ledger_schema)
+    try:
+        await ledger.ensure(work)
+        await work.execute(ledger.sql(queries.BATCH_FUNCTIONS))
+        lk = lock.AdvisoryLock(lock_conn, migration_key(database), name="migration")
+        assert await lk.try_acquire()
+        begin = f"SELECT pg_temp.schemad_begin({lk.token}, '1500ms', '60000ms')"
+        record = f"SELECT pg_temp.schemad_record({lk.token}, 7, '0007_x', 'abc', 'h', 42, 3)"
+        await work.execute(f"BEGIN;\n{begin};\nCREATE TABLE t7 (id int);\n{record};\nCOMMIT")
+        row = await work.fetchrow(
+            "SELECT version, name, checksum, applied_by_host, applied_by_pid, statements_run, duration_s >= 0 AS timed "
+            "FROM schemad.migrations"
+        )
+        assert row is not None
+        assert tuple(row.values()) == (7, "0007_x", "abc", "h", 42, 3, True)
+        event = await work.fetchrow("SELECT kind, subject, version, outcome, attempt, detail::text FROM schemad.events")
+        assert event is not None
+        assert tuple(event.values()) == (
+            "migration", "0007_x", 7, "applied", 1, '{"fast_path": true, "tolerated": []}'
+        )
+        # The settings are the transaction's own.
+        await work.execute(f"BEGIN;\n{begin}")
+        assert await work.fetchval("SELECT current_setting('lock_timeout')") == "1500ms"
+        await work.execute("ROLLBACK")
+        assert await work.fetchval("SELECT current_setting('lock_timeout')") != "1500ms"
+        assert await other.fetchval("SELECT pg_terminate_backend($1)", lk.holder_pid)
+        assert await wait_for(other, "SELECT pg_try_advisory_lock($1)", migration_key(database))
+        for stmt in (begin, record):
+            with pytest.raises(errors.DatabaseError) as info:
+                await work.execute(f"BEGIN;\n{stmt};\nCOMMIT")
+            assert info.value.sqlstate == "SD001"
+            await work.execute("ROLLBACK")
+        assert await work.fetchval("SELECT count(*) FROM schemad.migrations") == 1
+        assert await work.fetchval("SELECT count(*) FROM schemad.events") == 1
     finally:
         await other.close()
         await work.close()
