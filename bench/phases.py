@@ -29,6 +29,9 @@ LIBRARIES = {
     "postgast (libpg_query binding)": "import postgast",
     "prometheus_client": "import prometheus_client",
     "hypercorn (asyncio)": "import hypercorn.asyncio",
+    # What every command imports before schemad does anything: the floor of a no-op.
+    "the command path's stack together (asyncpg, anyio + backend, pydantic-settings)":
+        "import asyncpg, anyio, anyio._backends._asyncio, pydantic_settings",
 }
 
 # The no-op command, phase by phase, in one process (what `schemad migrate` does, in order).
