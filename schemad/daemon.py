@@ -285,8 +285,6 @@ class Daemon:
                 self.on_ready()
 
     async def _index_loop(self) -> None:
-        from schemad import index_builder
-
         failures_in_row = 0
         while True:
             delay = self.settings.reconcile_interval_s
@@ -297,6 +295,9 @@ class Daemon:
             await self.index_wake.wait(delay)
             if not self.state.ready and not self.settings.require_critical_indexes:
                 continue
+            # Imported here, not at the loop's start: on the way to READY=1 it is not needed.
+            from schemad import index_builder
+
             s = self.settings
             val = validation.validate(s.migrations_dir, s.indexes_dir, strict=s.strict)
             if not val.ok:
