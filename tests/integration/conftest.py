@@ -1,14 +1,52 @@
-"""Integration-tier fixtures shared by several test modules."""
+"""Integration-tier fixtures and helpers shared by several test modules."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
+from schemad import engine, validation
+
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+    from schemad.config import Settings
+
+
+class Migrating:
+    """`engine.migrate` running in the background (see `migrating`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.report: engine.RunReport | None = None
+
+    async def _run(self) -> None:
+        s = self.settings
+        self.report = await engine.migrate(s, validation.validate(s.migrations_dir, s.indexes_dir))
+
+    @staticmethod
+    async def until(condition: Callable[[], Awaitable[bool]], *, timeout_s: float = 10) -> None:
+        """Poll ``condition`` (a database state the run reaches) until it holds."""
+        with anyio.fail_after(timeout_s):
+            while True:  # a state in another process: nothing to wait on but the database
+                if await condition():
+                    return
+                await anyio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def migrating(settings: Settings) -> AsyncIterator[Migrating]:
+    """Run a migration while the body waits for a state (`Migrating.until`) and acts on it
+    (ends a blocker, kills a backend); leaving the block waits for the run to end, and
+    `Migrating.report` then holds its report."""
+    run = Migrating(settings)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run._run)
+        yield run
 
 
 @pytest.fixture

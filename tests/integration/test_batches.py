@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import asyncpg
 import pytest
 
 from schemad import engine, errors, executor, migrations, validation
 from tests.conftest import Database, make_settings, write_migrations
+from tests.integration.conftest import migrating
 from tests.integration.test_migrate import events, ledger, migrate, table_exists
 
 if TYPE_CHECKING:
@@ -120,27 +120,21 @@ async def test_a_lock_timeout_mid_batch_retries_that_migration_then_goes_on(
     settings = make_settings(database.dsn, mdir, idir, lock_timeout_s=0.2, retry_max_attempts=30, retry_budget_s=30)
     blocker = await asyncpg.connect(database.dsn)
     await blocker.execute("BEGIN; LOCK TABLE busy IN ACCESS SHARE MODE")
-    out: dict[str, Any] = {}
 
-    async def run() -> None:
-        out["report"] = await engine.migrate(settings, validation.validate(mdir, idir))
+    async def retried() -> bool:  # (the ledger appears under the lock, after the run starts)
+        return database.sql("SELECT to_regclass('schemad.events') IS NOT NULL") == "t" and database.sql(
+            "SELECT EXISTS (SELECT FROM schemad.events WHERE outcome = 'retry')"
+        ) == "t"
 
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            with anyio.fail_after(10):
-                while True:
-                    if database.sql("SELECT to_regclass('schemad.events') IS NOT NULL") == "t" and database.sql(
-                        "SELECT count(*) FROM schemad.events WHERE outcome = 'retry'"
-                    ) != "0":
-                        break
-                    await anyio.sleep(0.02)
+        async with migrating(settings) as run:
+            await run.until(retried)
             assert [v for v, *_ in ledger(database)] == [1]
             await blocker.execute("ROLLBACK")
     finally:
         await blocker.close()
-    report: engine.RunReport = out["report"]
-    assert [(r.version, r.attempts > 1) for r in report.applied] == [(1, False), (2, True), (3, False), (4, False)]
+    assert run.report is not None
+    assert [(r.version, r.attempts > 1) for r in run.report.applied] == [(1, False), (2, True), (3, False), (4, False)]
     assert [v for v, *_ in ledger(database)] == [1, 2, 3, 4]
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from schemad import engine, errors, validation
 from tests.conftest import Database, make_settings, write_migrations
+from tests.integration.conftest import migrating
 
 if TYPE_CHECKING:
     import logging
@@ -86,20 +87,13 @@ async def test_blocked_migration_retries_reports_blocker_and_succeeds(
     blocker = await open_blocker(database)
     blocker_pid = blocker.get_server_pid()
     watcher = await asyncpg.connect(database.dsn)
-    out: dict[str, Any] = {}
 
-    async def run() -> None:
-        out["report"] = await engine.migrate(settings, validation.validate(mdir, idir))
+    async def retried() -> bool:
+        return any(e["outcome"] == "retry" for e in await retry_events(watcher))
 
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            # End the blocker as soon as the first retry is on record.
-            with anyio.fail_after(10):
-                while True:
-                    if any(e["outcome"] == "retry" for e in await retry_events(watcher)):
-                        break
-                    await anyio.sleep(0.02)
+        async with migrating(settings) as run:
+            await run.until(retried)  # then end the blocker
             assert database.sql("SELECT count(*) FROM information_schema.columns WHERE column_name = 'extra'") == "0"
             await blocker.execute("ROLLBACK")
         evs = await retry_events(watcher)
@@ -107,8 +101,8 @@ async def test_blocked_migration_retries_reports_blocker_and_succeeds(
         await blocker.close()
         await watcher.close()
 
-    report: engine.RunReport = out["report"]
-    [result] = report.applied
+    assert run.report is not None
+    [result] = run.report.applied
     assert result.attempts >= 2
     assert database.sql("SELECT statements_run FROM schemad.migrations WHERE version = 1") == "2"
     assert database.sql("SELECT count(*) FROM information_schema.columns WHERE column_name = 'extra'") == "1"
@@ -177,23 +171,20 @@ async def test_lost_work_connection_reconnects_and_retries_under_the_same_lock(
     database.sql(f"ALTER DATABASE {database.name} SET schemad_test.sleep_s = '30'")
     settings = make_settings(database.dsn, mdir, idir)
     watcher = await asyncpg.connect(database.dsn)
-    out: dict[str, Any] = {}
+    sleeping: list[int] = []
 
-    async def run() -> None:
-        out["report"] = await engine.migrate(settings, validation.validate(mdir, idir))
+    async def asleep() -> bool:
+        pid = await watcher.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'schemad:migrate:%' AND wait_event = 'PgSleep'"
+        )
+        sleeping.extend([pid] if pid else [])
+        return bool(pid)
 
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            with anyio.fail_after(10):
-                while True:
-                    pid = await watcher.fetchval(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND application_name LIKE 'schemad:migrate:%' AND wait_event = 'PgSleep'"
-                    )
-                    if pid:
-                        break
-                    await anyio.sleep(0.02)
+        async with migrating(settings) as run:
+            await run.until(asleep)
+            [pid] = sleeping
             lock_pid = await watcher.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                 "AND application_name LIKE 'schemad:lock:%'"
@@ -205,7 +196,8 @@ async def test_lost_work_connection_reconnects_and_retries_under_the_same_lock(
     finally:
         await watcher.close()
 
-    [result] = out["report"].applied
+    assert run.report is not None
+    [result] = run.report.applied
     assert result.attempts == 2
     assert [(e["outcome"], e["attempt"]) for e in evs] == [("retry", 1), ("applied", 2)]
     assert evs[0]["sqlstate"][:2] in ("08", "57"), evs[0]  # connection lost / admin shutdown
