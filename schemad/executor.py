@@ -46,7 +46,11 @@ FENCE_SQLSTATE = "SD001"
 _SAVEPOINT = "schemad_stmt"
 # The one-round-trip send's start of this migration (a transaction-local setting) and its age.
 _STARTED = "schemad.migration_started"
-_ELAPSED_S = f"extract(epoch FROM clock_timestamp() - current_setting('{_STARTED}')::timestamptz)"
+# Qualified (like queries.BATCH_FUNCTIONS): a migration's `SET search_path` must not redirect them.
+_ELAPSED_S = (
+    f"extract(epoch FROM pg_catalog.clock_timestamp() "
+    f"- pg_catalog.current_setting('{_STARTED}')::pg_catalog.timestamptz)"
+)
 # A batch is bounded so that progress (logs, metrics) keeps coming and a message stays small.
 BATCH_MAX_MIGRATIONS = 200
 BATCH_MAX_BYTES = 1 << 20
@@ -374,9 +378,9 @@ class Executor:
         # As SET LOCAL, and the start time for the ledger row: in a batch, now() and
         # statement_timestamp() are the batch's, not this migration's.
         settings = (
-            f"SELECT set_config('lock_timeout', '{lock_timeout}ms', true), "
-            f"set_config('statement_timeout', '{statement_timeout}ms', true), "
-            f"set_config('{_STARTED}', clock_timestamp()::text, true)"
+            f"SELECT pg_catalog.set_config('lock_timeout', '{lock_timeout}ms', true), "
+            f"pg_catalog.set_config('statement_timeout', '{statement_timeout}ms', true), "
+            f"pg_catalog.set_config('{_STARTED}', pg_catalog.clock_timestamp()::text, true)"
         )
         return [
             "BEGIN",
@@ -569,7 +573,7 @@ class Executor:
             "INSERT INTO {schema}.migrations (version, name, checksum, applied_at, duration_s, applied_by_host, "
             "applied_by_pid, statements_run, statements_tolerated, transactional) VALUES ("
             f"{int(m.version)}, {db.quote_literal(m.name)}, {db.quote_literal(m.checksum)}, "
-            f"current_setting('{_STARTED}')::timestamptz, {_ELAPSED_S}, "
+            f"pg_catalog.current_setting('{_STARTED}')::pg_catalog.timestamptz, {_ELAPSED_S}, "
             f"{db.quote_literal(db.HOSTNAME)}, {os.getpid()}, {len(m.statements)}, {tolerated}, true)"
         )
 

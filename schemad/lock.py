@@ -181,7 +181,7 @@ class AdvisoryLock:
     def fence_sql(self) -> str:
         """A statement that aborts the current transaction unless the lock is still ours (for batched sends)."""
         return (
-            f"DO $schemad_fence$ BEGIN IF pg_try_advisory_xact_lock_shared({int(self.token or 0)}) THEN "
+            f"DO $schemad_fence$ BEGIN IF pg_catalog.pg_try_advisory_xact_lock_shared({int(self.token or 0)}) THEN "
             "RAISE EXCEPTION 'schemad: advisory lock lost' USING ERRCODE = 'SD001'; END IF; END $schemad_fence$"
         )
 

@@ -98,7 +98,7 @@ UNLOCK = "SELECT pg_advisory_unlock($1)"
 # NULL: busy; true: the lock and the fencing token ($2) are ours; false: the token is taken.
 TRY_LOCK_FENCED = "SELECT CASE WHEN pg_try_advisory_lock($1) THEN pg_try_advisory_lock($2) END"
 UNLOCK_FENCED = "SELECT pg_advisory_unlock($1), pg_advisory_unlock($2)"
-TOKEN_FREE = "SELECT pg_try_advisory_xact_lock_shared($1)"
+TOKEN_FREE = "SELECT pg_catalog.pg_try_advisory_xact_lock_shared($1)"  # qualified: see BATCH_FUNCTIONS
 # The lock lease: the server ends a lock session idle longer than this (see lock.py).
 SET_LEASE = "SET idle_session_timeout = {ms}"
 RENEW_LEASE = "SELECT 1"
@@ -150,14 +150,15 @@ LIMIT 10
 # INSERTs were parsed and planned for every migration: ~0.11 s per 1000 migrations, as much
 # as a fifth of the server's work for a corpus of small migrations. Both functions abort the
 # transaction (SQLSTATE SD001) unless the fencing token is still held, i.e. the lock is ours.
+# Calls are qualified: a migration's `SET search_path` must not redirect them.
 BATCH_FUNCTIONS = """
 CREATE OR REPLACE FUNCTION pg_temp.schemad_begin(token bigint, lock_timeout text, statement_timeout text)
 RETURNS void LANGUAGE plpgsql AS $schemad$
 BEGIN
-    PERFORM set_config('lock_timeout', lock_timeout, true),
-            set_config('statement_timeout', statement_timeout, true),
-            set_config('schemad.migration_started', clock_timestamp()::text, true);
-    IF pg_try_advisory_xact_lock_shared(token) THEN
+    PERFORM pg_catalog.set_config('lock_timeout', lock_timeout, true),
+            pg_catalog.set_config('statement_timeout', statement_timeout, true),
+            pg_catalog.set_config('schemad.migration_started', pg_catalog.clock_timestamp()::text, true);
+    IF pg_catalog.pg_try_advisory_xact_lock_shared(token) THEN
         RAISE EXCEPTION 'schemad: advisory lock lost' USING ERRCODE = 'SD001';
     END IF;
 END $schemad$;
@@ -168,11 +169,11 @@ DECLARE
     started timestamptz;
     took float8;
 BEGIN
-    IF pg_try_advisory_xact_lock_shared(token) THEN
+    IF pg_catalog.pg_try_advisory_xact_lock_shared(token) THEN
         RAISE EXCEPTION 'schemad: advisory lock lost' USING ERRCODE = 'SD001';
     END IF;
-    started := current_setting('schemad.migration_started')::timestamptz;  -- set by schemad_begin
-    took := extract(epoch FROM clock_timestamp() - started);
+    started := pg_catalog.current_setting('schemad.migration_started')::pg_catalog.timestamptz;  -- set by schemad_begin
+    took := extract(epoch FROM pg_catalog.clock_timestamp() - started);
     INSERT INTO {schema}.migrations (version, name, checksum, applied_at, duration_s, applied_by_host,
                                      applied_by_pid, statements_run, statements_tolerated, transactional)
     VALUES (v, n, sum, started, took, host, pid, statements, 0, true);

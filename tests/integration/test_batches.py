@@ -138,6 +138,16 @@ async def test_a_lock_timeout_mid_batch_retries_that_migration_then_goes_on(
     assert [v for v, *_ in ledger(database)] == [1, 2, 3, 4]
 
 
+def _role_without_temporary(database: Database) -> str:
+    """A DSN for a role that owns the database but may not create temporary objects."""
+    role = f"{database.name}_notemp"
+    database.sql(
+        f"CREATE ROLE {role} LOGIN; ALTER DATABASE {database.name} OWNER TO {role}; "
+        f"REVOKE TEMPORARY ON DATABASE {database.name} FROM PUBLIC, {role}"
+    )
+    return database.dsn.replace("postgres@", f"{role}@", 1)
+
+
 async def test_fences_are_do_blocks_where_the_role_may_not_create_temporary_objects(
     database: Database, folders: tuple[Path, Path], records: list[logging.LogRecord]
 ) -> None:
@@ -145,13 +155,8 @@ async def test_fences_are_do_blocks_where_the_role_may_not_create_temporary_obje
     the role has TEMPORARY on the database; without it, the same steps as SQL (DO-block fences,
     INSERTs): every migration still batched, fenced and recorded alike."""
     mdir, idir = folders
-    role = f"{database.name}_notemp"
-    database.sql(
-        f"CREATE ROLE {role} LOGIN; ALTER DATABASE {database.name} OWNER TO {role}; "
-        f"REVOKE TEMPORARY ON DATABASE {database.name} FROM PUBLIC, {role}"
-    )
     write_migrations(mdir, _files(6))
-    settings = make_settings(database.dsn.replace("postgres@", f"{role}@", 1), mdir, idir)
+    settings = make_settings(_role_without_temporary(database), mdir, idir)
     report = await engine.migrate(settings, validation.validate(mdir, idir))
     assert [(r.version, r.fast_path) for r in report.applied] == [(v, True) for v in range(1, 7)]
     assert [v for v, *_ in ledger(database)] == list(range(1, 7))
@@ -183,3 +188,31 @@ async def test_a_batch_around_a_version_applied_before_it_reports_only_its_own(
     report = await migrate(database, mdir, idir)
     assert [(r.version, r.fast_path) for r in report.applied] == [(4, True), (6, True)]
     assert [v for v, *_ in ledger(database)] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("path", ["functions", "sql", "savepoints"])
+async def test_a_migration_that_moves_search_path_does_not_redirect_fences_or_ledger_rows(
+    database: Database, folders: tuple[Path, Path], path: str
+) -> None:
+    """Every call schemad adds to a migration's transaction is qualified — in the batch
+    functions, in their SQL form and on the savepoint path (taken here after a tolerated
+    error): a function of the same name earlier on a migration's search_path (here ones that
+    would fail every fence and misdate the rows) is never called."""
+    mdir, idir = folders
+    dsn = _role_without_temporary(database) if path == "sql" else database.dsn
+    tolerated = ""
+    if path == "savepoints":
+        database.sql("CREATE TABLE made_by_hand (id int)")
+        tolerated = "CREATE TABLE made_by_hand (id int);\n"
+    write_migrations(mdir, _files(4, m2=tolerated + (
+        "CREATE SCHEMA shadow;\n"
+        "CREATE FUNCTION shadow.pg_try_advisory_xact_lock_shared(bigint) RETURNS boolean\n"
+        "    LANGUAGE sql AS 'SELECT true';\n"
+        "CREATE FUNCTION shadow.clock_timestamp() RETURNS timestamptz LANGUAGE sql AS $$SELECT '2000-01-01'::timestamptz$$;\n"
+        "SET LOCAL search_path = shadow, pg_catalog, public;\n"
+        "CREATE TABLE m2 (id int);\n"
+    )))
+    report = await engine.migrate(make_settings(dsn, mdir, idir), validation.validate(mdir, idir))
+    fast = [True, path != "savepoints", True, True]
+    assert [(r.version, r.fast_path) for r in report.applied] == list(zip(range(1, 5), fast, strict=True))
+    assert database.sql("SELECT bool_and(applied_at > '2020-01-01') FROM schemad.migrations") == "t"
