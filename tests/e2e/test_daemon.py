@@ -200,8 +200,11 @@ def test_sigterm_during_index_build_exits_zero_and_next_start_repairs(tmp_path: 
         with notify_socket(tmp_path) as n:
             d = start_daemon(database.dsn, work, n, extra_env={"SCHEMAD_SHUTDOWN_GRACE_S": "10"})
             try:
-                wait_for(lambda: database.sql("SELECT count(*) FROM pg_stat_progress_create_index") != "0",
-                         timeout_s=30, what="a concurrent build waiting for the writer")
+                # CONCURRENTLY: not the reconciler's check of the definition on an empty scratch
+                # copy (a plain CREATE INDEX, also in this view for a moment).
+                wait_for(lambda: database.sql(
+                    "SELECT count(*) FROM pg_stat_progress_create_index WHERE command = 'CREATE INDEX CONCURRENTLY'"
+                ) != "0", timeout_s=30, what="a concurrent build waiting for the writer")
                 start = time.monotonic()
                 assert d.stop(timeout_s=15) == 0
                 took = time.monotonic() - start

@@ -246,7 +246,8 @@ def frozen_index_builder(db: Database, tmp_path: Path, lease_s: float) -> dict[s
         nonlocal app
         app = db.sql(
             "SELECT coalesce(max(a.application_name), '') FROM pg_stat_progress_create_index p "
-            "JOIN pg_stat_activity a ON a.pid = p.pid WHERE a.application_name LIKE 'schemad:index:%'"
+            "JOIN pg_stat_activity a ON a.pid = p.pid WHERE a.application_name LIKE 'schemad:index:%' "
+            "AND p.command = 'CREATE INDEX CONCURRENTLY'"
         )
         return app != ""
 

@@ -92,7 +92,10 @@ def _writer(db: Database, table: str) -> subprocess.Popen[str]:
 
 
 def _building(db: Database) -> bool:
-    return db.sql("SELECT count(*) FROM pg_stat_progress_create_index") != "0"
+    """A concurrent build under way (not the reconciler's scratch-copy check, a plain CREATE INDEX)."""
+    return db.sql(
+        "SELECT count(*) FROM pg_stat_progress_create_index WHERE command = 'CREATE INDEX CONCURRENTLY'"
+    ) != "0"
 
 
 def _index_valid(db: Database, name: str) -> bool:
