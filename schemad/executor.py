@@ -152,7 +152,7 @@ class Executor:
         self.settings = settings
         self._reconnect = reconnect
         self.hooks: Hooks = hooks or NoHooks()
-        self._rendered: tuple[tuple[int, ...], str] | None = None  # ((fence mode, *versions), message): `render`
+        self._rendered: tuple[tuple[int, ...], str] | None = None  # ((functions?, *versions), message): `render`
         # The session the batch functions were created on, and whether they could be.
         self._functions_on: Session | None = None
         self._functions = False

@@ -163,7 +163,7 @@ BEGIN
     END IF;
 END $schemad$;
 CREATE OR REPLACE FUNCTION pg_temp.schemad_record(
-    token bigint, v bigint, n text, sum text, host text, pid integer, statements integer
+    token bigint, v bigint, n text, digest text, host text, pid integer, statements integer
 ) RETURNS void LANGUAGE plpgsql AS $schemad$
 DECLARE
     started timestamptz;
@@ -176,7 +176,7 @@ BEGIN
     took := extract(epoch FROM pg_catalog.clock_timestamp() - started);
     INSERT INTO {schema}.migrations (version, name, checksum, applied_at, duration_s, applied_by_host,
                                      applied_by_pid, statements_run, statements_tolerated, transactional)
-    VALUES (v, n, sum, started, took, host, pid, statements, 0, true);
+    VALUES (v, n, digest, started, took, host, pid, statements, 0, true);
     INSERT INTO {schema}.events (kind, subject, version, outcome, duration_s, attempt, host, pid, detail)
     VALUES ('migration', n, v, 'applied', took, 1, host, pid, '{"tolerated": [], "fast_path": true}');
 END $schemad$
