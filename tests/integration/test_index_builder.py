@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from schemad import catalog, config, throttle
+    from schemad import catalog, config, index_report, throttle
 
 pytestmark = pytest.mark.anyio
 
@@ -594,3 +594,55 @@ async def test_an_index_another_backend_is_building_is_waited_for_not_dropped(
 
     assert result(out["report"], "t_a_idx").state == "valid"
     assert index_events(database, "t_a_idx") == []  # waited for it; never dropped or rebuilt it
+
+
+async def test_index_concurrency_builds_on_several_tables_at_once_but_one_per_table(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    """``index_concurrency = 3`` and three indexes, two of them on one table: the builds on
+    different tables run at the same time (both seen waiting for the writers that hold them),
+    the second one on the same table waits for the first (concurrent builds on one table
+    would only queue on its lock), and all three end valid."""
+    database.sql("CREATE TABLE c1 (a int, b int); CREATE TABLE c2 (a int);")
+    registry(folders[1], (
+        "CREATE INDEX c1_a_idx ON c1 (a);\n"
+        "CREATE INDEX c2_a_idx ON c2 (a);\n"
+        "CREATE INDEX c1_b_idx ON c1 (b);\n"
+    ))
+    settings = index_settings(database, folders, index_concurrency=3)
+    val = validate(settings)
+    writers = [await asyncpg.connect(database.dsn) for _ in range(2)]
+    watcher = await asyncpg.connect(database.dsn)
+    try:
+        txs = [w.transaction() for w in writers]
+        for tx, w, table in zip(txs, writers, ("c1", "c2"), strict=True):
+            await tx.start()
+            await w.execute(f"INSERT INTO {table} VALUES (1)")  # a build on it waits for this writer
+        out: dict[str, index_report.Report] = {}
+
+        async def run() -> None:
+            out["report"] = await index_builder.reconcile(settings, val)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await until_sql(
+                watcher,
+                "SELECT count(*) = 2 FROM pg_stat_progress_create_index "
+                "WHERE command = 'CREATE INDEX CONCURRENTLY' AND phase LIKE 'waiting for writers%'",
+            )
+            building = await watcher.fetch(
+                "SELECT relid::regclass::text AS tab FROM pg_stat_progress_create_index "
+                "WHERE command = 'CREATE INDEX CONCURRENTLY' ORDER BY 1"
+            )
+            assert [r["tab"] for r in building] == ["c1", "c2"]
+            for tx in txs:
+                await tx.commit()
+        report = out["report"]
+        assert sorted((r.name, r.state) for r in report.results) == [
+            ("c1_a_idx", "valid"), ("c1_b_idx", "valid"), ("c2_a_idx", "valid"),
+        ]
+        for name in ("c1_a_idx", "c1_b_idx", "c2_a_idx"):
+            assert index_row(database, name).startswith("true|true|")
+    finally:
+        for c in (*writers, watcher):
+            await c.close()
