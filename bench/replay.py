@@ -53,13 +53,7 @@ def _messages(folder: Path, functions: bool | None) -> list[str]:
     lk.token = TOKEN
     work = cast("Any", SimpleNamespace(server_version=150000))
     ex = executor.Executor(work, ledger.Ledger(settings.ledger_schema), lk, engine.executor_settings(settings))
-    ex._functions = functions
-    out = []
-    for batch in _batches(pending):
-        ex.render(batch)
-        assert ex._rendered is not None
-        out.append(ex._rendered[1])
-    return out
+    return [ex.message(batch, functions=functions) for batch in _batches(pending)]
 
 
 def _batches(pending: list[Any]) -> list[list[Any]]:

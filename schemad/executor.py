@@ -167,9 +167,15 @@ class Executor:
         """Build a batch's message ahead of time (while the server runs the one before)."""
         if self.batches(batch):
             key = (int(self._functions), *(m.version for m in batch))
-            self._rendered = (key, "\n;\n".join(
-                part for m in batch for part in self._one_trip(m, self.settings.lock_timeout_s)
-            ))
+            self._rendered = (key, self.message(batch))
+
+    def message(self, batch: Sequence[Migration], *, functions: bool | None = None) -> str:
+        """The one message that applies ``batch``, each migration in its own transaction.
+        ``functions``: with or without the batch functions (default: as the session allows)."""
+        use = self._functions if functions is None else functions
+        return "\n;\n".join(
+            part for m in batch for part in self._one_trip(m, self.settings.lock_timeout_s, functions=use)
+        )
 
     async def apply_batch(
         self, batch: Sequence[Migration], on_applied: Callable[[ApplyResult], None], *,
@@ -355,12 +361,13 @@ class Executor:
             self._functions = False
         self._functions_on = self.work
 
-    def _one_trip(self, m: Migration, lock_timeout_s: float) -> list[str]:
-        """One migration as one transaction of statements to send together."""
+    def _one_trip(self, m: Migration, lock_timeout_s: float, *, functions: bool) -> list[str]:
+        """One migration as one transaction of statements to send together, calling the batch
+        functions or (``functions`` false) sending their SQL."""
         s = self.settings
         lock_timeout = _ms(max(lock_timeout_s, m.directives.lock_timeout_s or 0))
         statement_timeout = _ms(m.directives.statement_timeout_s or s.statement_timeout_s)
-        if self._functions:
+        if functions:
             token = int(self.lock.token or 0)
             return [
                 "BEGIN",
@@ -399,7 +406,7 @@ class Executor:
         await self._ready_functions()
         try:
             # Newlines around each statement: a trailing "-- comment" must not swallow the next one.
-            await self.work.execute("\n;\n".join(self._one_trip(m, lock_timeout_s)))
+            await self.work.execute("\n;\n".join(self._one_trip(m, lock_timeout_s, functions=self._functions)))
         except errors.ConnectionLost:
             raise
         except errors.DatabaseError as exc:
