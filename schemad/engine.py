@@ -210,7 +210,7 @@ async def _stopped_by_lost_lock(
     """The lock went while the first of ``unreported`` (or, in a batch, one after it) was being
     applied and its statement was cancelled: end that session for certain (its transaction
     rolls back now), put the stop on record, stop."""
-    from schemad.executor import FENCE_SQLSTATE
+    from schemad.executor import FENCE_SQLSTATE, sent_together
 
     pid = work.server_pid
     work.terminate()
@@ -221,9 +221,7 @@ async def _stopped_by_lost_lock(
     except errors.SchemadError:
         what = f"whether {m.name}"
         if len(unreported) > 1:  # a batch: which of them had committed cannot be told from here
-            names = (", ".join(u.name for u in unreported) if len(unreported) <= 5
-                     else f"{m.name} … {unreported[-1].name} ({len(unreported)})")
-            message = (f"the migration lock was lost while applying one of {names} (sent together): "
+            message = (f"the migration lock was lost while applying one of {sent_together(unreported)}: "
                        "its statement was cancelled at once")
             what = "which of them"
         raise errors.LockLost(

@@ -131,6 +131,12 @@ class _Retryable(Exception):
         self.stmt = stmt
 
 
+def sent_together(batch: Sequence[Migration]) -> str:
+    """A batch's migrations for a message: all of them, or the first and last of many."""
+    names = ", ".join(m.name for m in batch) if len(batch) <= 5 else f"{batch[0].name} … {batch[-1].name} ({len(batch)})"
+    return f"{names} (sent together)"
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -221,8 +227,7 @@ class Executor:
         if isinstance(failure, errors.ConnectionLost):
             if self._reconnect is None:
                 raise failure
-            self.work = await self._reconnect()
-            await self.lock.fence(self.work)  # raises LockLost if the lock went with the connection
+            await self._reconnect_work(batch[0].name if len(batch) == 1 else f"one of {sent_together(batch)}")
         elif failure is not None:
             await self._rollback()
         # Which migrations committed, and how long each took (measured by the server).
@@ -334,8 +339,7 @@ class Executor:
         """The work connection died: the lock decides whether we may go on at all."""
         if self._reconnect is None:
             raise exc
-        self.work = await self._reconnect()
-        await self.lock.fence(self.work)  # raises LockLost if the lock went with it
+        await self._reconnect_work(m.name)
         # A COMMIT may have reached the server before the connection died (its `applied`
         # event committed with it).
         if any(a.version == m.version for a in await self.ledger.applied(self.work)):
@@ -343,6 +347,22 @@ class Executor:
                 version=m.version, name=m.name, duration_s=0.0, statements_run=0, attempts=1, applied_by_other=True
             )
         raise _Retryable(Outcome.CONNECTION, exc, None) from None
+
+    async def _reconnect_work(self, in_flight: str) -> None:
+        """A new work session after the old one died, or stop. Then the lock decides whether we
+        may go on: `lock.fence` raises LockLost if it went with the connection (a server
+        restart ends both; which of the two is noticed first is a race)."""
+        assert self._reconnect is not None
+        try:
+            self.work = await self._reconnect()
+        except errors.DatabaseError as exc:  # e.g. 57P03: the server is still shutting down
+            raise errors.ConnectionLost(
+                f"the connection was lost while applying {in_flight}, and the database cannot be reached "
+                f"again ({exc.message}): whether it committed cannot be told from here; `schemad status` "
+                "shows it, and a rerun continues from there",
+                sqlstate=exc.sqlstate,
+            ) from None
+        await self.lock.fence(self.work)
 
     async def _ready_functions(self) -> None:
         """Create the batch functions (queries.BATCH_FUNCTIONS) on the work session: once per

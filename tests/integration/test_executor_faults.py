@@ -241,3 +241,50 @@ async def test_lock_timeout_directive_raises_the_wait_for_that_file(
         await blocker.close()
     assert info.value.sqlstate == "55P03"
     assert 0.9 <= waited < 3, f"waited {waited:.2f}s for a 1s file-level lock timeout (default 0.1s)"
+
+
+async def test_a_lost_work_connection_that_cannot_reconnect_names_the_batch_in_flight(
+    database: Database, folders: tuple[Path, Path]
+) -> None:
+    """The work connection dies mid-batch while the lock holds, and no new connection can be
+    made (here: the database stops accepting connections; in a server restart, "shutting
+    down"): the run stops with ConnectionLost naming the migrations sent together, and
+    nothing of them is recorded."""
+    mdir, idir = folders
+    write_migrations(mdir, {
+        "0001_first.sql": "CREATE TABLE f1 (id int);\nSELECT pg_sleep(30);\n",
+        "0002_second.sql": "CREATE TABLE f2 (id int);\n",
+    })
+    settings = make_settings(database.dsn, mdir, idir)
+    watcher = await asyncpg.connect(database.dsn)
+    admin = await asyncpg.connect(database.cluster.dsn())  # ALTER DATABASE from outside it
+    sleeping: list[int] = []
+
+    async def asleep() -> bool:
+        pid = await watcher.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'schemad:migrate:%' AND wait_event = 'PgSleep'"
+        )
+        sleeping.extend([pid] if pid else [])
+        return bool(pid)
+
+    try:
+        with pytest.raises(BaseExceptionGroup) as info:
+            async with migrating(settings) as run:
+                await run.until(asleep)
+                await admin.execute(f"ALTER DATABASE {database.name} ALLOW_CONNECTIONS false")
+                assert await watcher.fetchval("SELECT pg_terminate_backend($1)", sleeping[0])
+        [err] = info.value.exceptions
+        assert isinstance(err, errors.ConnectionLost), err
+        assert err.sqlstate == "55000"  # object_not_in_prerequisite_state: not accepting connections
+        assert err.message.startswith(
+            "the connection was lost while applying one of 0001_first, 0002_second (sent together), "
+            "and the database cannot be reached again"
+        ), err.message
+        assert "`schemad status` shows it" in err.message
+    finally:
+        await admin.execute(f"ALTER DATABASE {database.name} ALLOW_CONNECTIONS true")
+        await admin.close()
+        await watcher.close()
+    assert database.sql("SELECT count(*) FROM schemad.migrations") == "0"
+    assert database.sql("SELECT to_regclass('f1') IS NULL AND to_regclass('f2') IS NULL") == "t"
