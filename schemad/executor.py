@@ -172,8 +172,11 @@ class Executor:
     def render(self, batch: Sequence[Migration]) -> None:
         """Build a batch's message ahead of time (while the server runs the one before)."""
         if self.batches(batch):
-            key = (int(self._functions), *(m.version for m in batch))
-            self._rendered = (key, self.message(batch))
+            self._rendered = (self._render_key(batch), self.message(batch))
+
+    def _render_key(self, batch: Sequence[Migration]) -> tuple[int, ...]:
+        """What a rendered message depends on: the fence form and the migrations."""
+        return (int(self._functions), *(m.version for m in batch))
 
     def message(self, batch: Sequence[Migration], *, functions: bool | None = None) -> str:
         """The one message that applies ``batch``, each migration in its own transaction.
@@ -200,9 +203,8 @@ class Executor:
                 meanwhile()
             return len(batch)
         await self._ready_functions()
-        key = (int(self._functions), *(m.version for m in batch))
         rendered, self._rendered = self._rendered, None
-        if rendered is None or rendered[0] != key:
+        if rendered is None or rendered[0] != self._render_key(batch):
             self.render(batch)
             rendered, self._rendered = self._rendered, None
         assert rendered is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import pytest
@@ -14,7 +14,21 @@ from schemad import engine, validation
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+    import asyncpg
+
     from schemad.config import Settings
+
+
+T = TypeVar("T")
+
+
+async def sleeping_migration(conn: asyncpg.Connection) -> int | None:
+    """The pid of schemad's migrate session while it sits in a migration's pg_sleep."""
+    pid: int | None = await conn.fetchval(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE 'schemad:migrate:%' AND wait_event = 'PgSleep'"
+    )
+    return pid
 
 
 class Migrating:
@@ -29,12 +43,13 @@ class Migrating:
         self.report = await engine.migrate(s, validation.validate(s.migrations_dir, s.indexes_dir))
 
     @staticmethod
-    async def until(condition: Callable[[], Awaitable[bool]], *, timeout_s: float = 10) -> None:
-        """Poll ``condition`` (a database state the run reaches) until it holds."""
+    async def until(condition: Callable[[], Awaitable[T | None]], *, timeout_s: float = 10) -> T:
+        """Poll ``condition`` (a database state the run reaches) until it gives a truthy
+        value, and return that value."""
         with anyio.fail_after(timeout_s):
             while True:  # a state in another process: nothing to wait on but the database
-                if await condition():
-                    return
+                if value := await condition():
+                    return value
                 await anyio.sleep(0.02)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from schemad import engine, errors, validation
 from tests.conftest import Database, make_settings, write_migrations
-from tests.integration.conftest import migrating
+from tests.integration.conftest import migrating, sleeping_migration
 
 if TYPE_CHECKING:
     import logging
@@ -171,20 +171,10 @@ async def test_lost_work_connection_reconnects_and_retries_under_the_same_lock(
     database.sql(f"ALTER DATABASE {database.name} SET schemad_test.sleep_s = '30'")
     settings = make_settings(database.dsn, mdir, idir)
     watcher = await asyncpg.connect(database.dsn)
-    sleeping: list[int] = []
-
-    async def asleep() -> bool:
-        pid = await watcher.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'schemad:migrate:%' AND wait_event = 'PgSleep'"
-        )
-        sleeping.extend([pid] if pid else [])
-        return bool(pid)
 
     try:
         async with migrating(settings) as run:
-            await run.until(asleep)
-            [pid] = sleeping
+            pid = await run.until(lambda: sleeping_migration(watcher))
             lock_pid = await watcher.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                 "AND application_name LIKE 'schemad:lock:%'"
@@ -258,22 +248,13 @@ async def test_a_lost_work_connection_that_cannot_reconnect_names_the_batch_in_f
     settings = make_settings(database.dsn, mdir, idir)
     watcher = await asyncpg.connect(database.dsn)
     admin = await asyncpg.connect(database.cluster.dsn())  # ALTER DATABASE from outside it
-    sleeping: list[int] = []
-
-    async def asleep() -> bool:
-        pid = await watcher.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'schemad:migrate:%' AND wait_event = 'PgSleep'"
-        )
-        sleeping.extend([pid] if pid else [])
-        return bool(pid)
 
     try:
         with pytest.raises(BaseExceptionGroup) as info:
             async with migrating(settings) as run:
-                await run.until(asleep)
+                pid = await run.until(lambda: sleeping_migration(watcher))
                 await admin.execute(f"ALTER DATABASE {database.name} ALLOW_CONNECTIONS false")
-                assert await watcher.fetchval("SELECT pg_terminate_backend($1)", sleeping[0])
+                assert await watcher.fetchval("SELECT pg_terminate_backend($1)", pid)
         [err] = info.value.exceptions
         assert isinstance(err, errors.ConnectionLost), err
         assert err.sqlstate == "55000"  # object_not_in_prerequisite_state: not accepting connections
